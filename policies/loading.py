@@ -1,0 +1,194 @@
+"""Loading SimpleAR checkpoints and building fresh policies from a Qwen2 LLM, all from local paths."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
+
+from .vocab import SIMPLEAR_SPECIAL_TOKENS, VisualVocab, check_model_vocab
+
+logger = logging.getLogger(__name__)
+
+#: Grid of a released SimpleAR checkpoint when none is given (1024 px with Cosmos DV8x16x16).
+DEFAULT_GRID = (64, 64)
+DEFAULT_CODEBOOK_SIZE = 64_000
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json")
+
+
+@dataclass
+class Policy:
+    """An AR image policy: the causal LM, its tokenizer and its visual layout."""
+
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    vocab: VisualVocab
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def pad_id(self) -> int:
+        pad = self.tokenizer.pad_token_id
+        return pad if pad is not None else (self.tokenizer.eos_token_id or 0)
+
+    def encode_text(self, text: str) -> list[int]:
+        """Token ids of an already-templated prompt (specials in the text become their ids)."""
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def encode_prompts(self, captions: list[str]) -> list[list[int]]:
+        """Conditional prompt ids ``<|t2i|>{prefix}{caption}<|soi|>`` for each caption."""
+        return [self.encode_text(self.vocab.format_cond(c)) for c in captions]
+
+    def encode_uncond(self) -> list[int]:
+        """The unconditional prompt ids used for classifier-free guidance."""
+        return self.encode_text(self.vocab.format_uncond())
+
+    def save(self, out_dir: str | Path) -> None:
+        """Save model (with the layout in its config) and tokenizer to a folder."""
+        self.vocab.attach_to_config(self.model.config)
+        self.model.save_pretrained(out_dir)
+        self.tokenizer.save_pretrained(out_dir)
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, device: str | torch.device | None) -> torch.dtype:
+    """``None``/"auto" → bf16 on CUDA, fp32 elsewhere; strings like "bfloat16" → torch dtypes."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype in (None, "auto"):
+        return torch.bfloat16 if torch.device(device or "cpu").type == "cuda" else torch.float32
+    aliases = {"bf16": "bfloat16", "fp16": "float16", "half": "float16", "fp32": "float32", "float": "float32"}
+    name = aliases.get(dtype, dtype)
+    value = getattr(torch, name, None)
+    if not isinstance(value, torch.dtype):
+        raise ValueError(f"unknown dtype {dtype!r}; use one of auto, float32, bfloat16, float16")
+    return value
+
+
+def check_model_folder(path: str | Path, what: str = "policy checkpoint") -> Path:
+    """A local HF model folder with ``config.json`` and a tokenizer; errors name the missing piece."""
+    folder = Path(path).expanduser()
+    if not folder.exists():
+        raise FileNotFoundError(f"{what} folder {str(folder)!r} does not exist (weights are never downloaded; give a local path)")
+    if not folder.is_dir():
+        raise NotADirectoryError(f"{what} {str(folder)!r} is a file; expected a Hugging Face model folder")
+    if not (folder / "config.json").exists():
+        raise FileNotFoundError(f"{what} folder {str(folder)!r} has no config.json; is it a Hugging Face model folder?")
+    if not any((folder / f).exists() for f in _TOKENIZER_FILES):
+        raise FileNotFoundError(
+            f"{what} folder {str(folder)!r} has no tokenizer (none of {', '.join(_TOKENIZER_FILES)}); "
+            "save the tokenizer next to the model"
+        )
+    return folder
+
+
+def recover_vocab(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    codebook_size: int | None = None,
+    grid: tuple[int, int] | None = None,
+) -> VisualVocab:
+    """The visual layout of a checkpoint: from its config if recorded, else from its special tokens.
+
+    Released SimpleAR checkpoints do not record the layout; there the offset is the id after the
+    last of the 7 specials (151,672), checked against the model's row count.
+    """
+    rows = model.get_input_embeddings().weight.shape[0]
+    stored = VisualVocab.from_config(model.config)
+    if stored is not None:
+        vocab = stored if grid is None else stored.with_grid(grid)
+        if codebook_size is not None and codebook_size != vocab.codebook_size:
+            raise ValueError(f"checkpoint records codebook_size {vocab.codebook_size}, but {codebook_size} was asked")
+    else:
+        ids = tokenizer.convert_tokens_to_ids(list(SIMPLEAR_SPECIAL_TOKENS))
+        missing = [t for t, i in zip(SIMPLEAR_SPECIAL_TOKENS, ids) if i is None or i == tokenizer.unk_token_id]
+        if missing:
+            raise ValueError(
+                f"tokenizer lacks the SimpleAR special tokens {missing}; this is not a SimpleAR checkpoint. "
+                "Build a fresh policy from an LLM with `policies.loading.extend_llm`."
+            )
+        offset = max(ids) + 1
+        codebook = codebook_size if codebook_size is not None else rows - offset
+        vocab = VisualVocab(text_vocab_size=offset, codebook_size=codebook, grid=grid or DEFAULT_GRID)
+    check_model_vocab(rows, vocab, where="checkpoint embedding")
+    return vocab
+
+
+def load_policy(
+    path: str | Path,
+    dtype: str | torch.dtype | None = None,
+    device: str | torch.device | None = None,
+    codebook_size: int | None = None,
+    grid: tuple[int, int] | None = None,
+) -> Policy:
+    """Load a SimpleAR-style checkpoint folder (HF ``qwen2`` causal LM + tokenizer) from disk.
+
+    The checkpoint's text-chat ``generation_config`` (repetition penalty, top-k 20, ...) is
+    replaced by a neutral one: image sampling never inherits it.
+    """
+    folder = check_model_folder(path)
+    device = torch.device(device or "cpu")
+    torch_dtype = resolve_dtype(dtype, device)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch_dtype).to(device)
+    model.eval()
+    model.generation_config = GenerationConfig()
+    vocab = recover_vocab(model, tokenizer, codebook_size=codebook_size, grid=grid)
+    vocab.attach_to_config(model.config)
+    return Policy(model=model, tokenizer=tokenizer, vocab=vocab)
+
+
+def extend_vocabulary(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    codebook_size: int,
+    grid: tuple[int, int],
+    prompt_prefix: str = "",
+) -> VisualVocab:
+    """Add the 7 specials and ``codebook_size`` visual rows to an LLM, in place.
+
+    Every row from the original tokenizer length onward (padding rows of the LLM, the specials and
+    the visual codes) is set to the mean of the original token rows; tied embeddings stay tied.
+    """
+    text_rows = len(tokenizer)
+    tokenizer.add_special_tokens({"additional_special_tokens": list(SIMPLEAR_SPECIAL_TOKENS)})
+    vocab = VisualVocab(
+        text_vocab_size=len(tokenizer), codebook_size=codebook_size, grid=grid, prompt_prefix=prompt_prefix
+    )
+    tied = bool(getattr(model.config, "tie_word_embeddings", False))
+    model.resize_token_embeddings(vocab.vocab_size, mean_resizing=False)
+    with torch.no_grad():
+        embed = model.get_input_embeddings().weight
+        embed[text_rows:] = embed[:text_rows].mean(dim=0, keepdim=True)
+        head = model.get_output_embeddings()
+        if not tied and head is not None and head.weight is not embed:
+            head.weight[text_rows:] = head.weight[:text_rows].mean(dim=0, keepdim=True)
+    vocab.attach_to_config(model.config)
+    return vocab
+
+
+def extend_llm(
+    path: str | Path,
+    codebook_size: int = DEFAULT_CODEBOOK_SIZE,
+    grid: tuple[int, int] = (32, 32),
+    dtype: str | torch.dtype | None = None,
+    device: str | torch.device | None = None,
+    prompt_prefix: str = "",
+) -> Policy:
+    """A fresh policy for pretraining from a local Qwen2 LLM folder (e.g. Qwen2.5-0.5B-Instruct)."""
+    folder = check_model_folder(path, what="LLM")
+    device = torch.device(device or "cpu")
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    if any(t in tokenizer.get_vocab() for t in SIMPLEAR_SPECIAL_TOKENS):
+        raise ValueError(
+            f"{str(folder)!r} already has SimpleAR special tokens; load it with `load_policy` instead of extending it"
+        )
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=resolve_dtype(dtype, device)).to(device)
+    model.generation_config = GenerationConfig()
+    vocab = extend_vocabulary(model, tokenizer, codebook_size, grid, prompt_prefix=prompt_prefix)
+    logger.info("extended %s to %d rows (offset %d, codebook %d)", folder, vocab.vocab_size, vocab.offset, codebook_size)
+    return Policy(model=model, tokenizer=tokenizer, vocab=vocab)
