@@ -1,0 +1,8 @@
+"""Visual codecs: pixels <-> grids of discrete codes."""
+
+from __future__ import annotations
+
+from .base import VisualCodec, check_codec_matches
+from .fsq import FSQ
+
+__all__ = ["FSQ", "VisualCodec", "check_codec_matches"]
