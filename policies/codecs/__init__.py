@@ -4,5 +4,6 @@ from __future__ import annotations
 
 from .base import VisualCodec, check_codec_matches
 from .fsq import FSQ
+from .palette import PaletteCodec
 
-__all__ = ["FSQ", "VisualCodec", "check_codec_matches"]
+__all__ = ["FSQ", "PaletteCodec", "VisualCodec", "check_codec_matches"]
