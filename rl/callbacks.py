@@ -1,0 +1,101 @@
+"""Trainer callbacks: ``metrics.jsonl``, ``reward_curve.png`` and a progress bar with the reward.
+
+Everything is written by the main process only, so multi-process runs write each record once.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+
+from transformers import ProgressCallback, TrainerCallback
+
+from .curves import CURVE_FILE, METRICS_FILE, plot_reward_curve, read_metrics
+
+logger = logging.getLogger(__name__)
+
+DISCARDED_FILE = "metrics.discarded.jsonl"
+SUMMARY_FILE = "train_summary.json"
+_SUMMARY_KEYS = ("train_runtime", "train_samples_per_second", "train_steps_per_second", "train_loss")
+
+
+def _jsonable(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+class MetricsFileCallback(TrainerCallback):
+    """Appends one JSON object per logging step to ``<output_dir>/metrics.jsonl``.
+
+    On resume from ``checkpoint-N`` the records of steps after N (logged before the run died, and
+    about to be redone) are moved to ``metrics.discarded.jsonl``: the file is never truncated and
+    no step appears twice.
+    """
+
+    def __init__(self, output_dir: str | Path):
+        self.path = Path(output_dir) / METRICS_FILE
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if not state.is_world_process_zero or not self.path.exists():
+            return
+        kept, stale = [], []
+        for line in self.path.read_text(encoding="utf-8").splitlines():
+            try:
+                step = json.loads(line).get("step", 0)
+            except json.JSONDecodeError:
+                stale.append(line)  # cut by a crash
+                continue
+            (stale if step > state.global_step else kept).append(line)
+        if stale:
+            with open(self.path.with_name(DISCARDED_FILE), "a", encoding="utf-8") as f:
+                f.write("\n".join(stale) + "\n")
+            tmp = self.path.with_name(self.path.name + ".tmp")
+            tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+            tmp.replace(self.path)
+            logger.info("resuming at step %d: moved %d later records to %s", state.global_step, len(stale), DISCARDED_FILE)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not state.is_world_process_zero or not logs:
+            return
+        if any(k in logs for k in _SUMMARY_KEYS[:3]):
+            summary = {k: _jsonable(v) for k, v in logs.items()}
+            (self.path.parent / SUMMARY_FILE).write_text(json.dumps({"step": state.global_step, **summary}, indent=2))
+            return
+        record = {"step": state.global_step, **{k: _jsonable(v) for k, v in logs.items()}}
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+            f.flush()
+
+
+class RewardCurveCallback(TrainerCallback):
+    """Redraws ``<output_dir>/reward_curve.png`` from ``metrics.jsonl`` at every log."""
+
+    def __init__(self, output_dir: str | Path, smoothing: float = 0.8, title: str | None = None):
+        self.output_dir = Path(output_dir)
+        self.smoothing = smoothing
+        self.title = title
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not state.is_world_process_zero or not (self.output_dir / METRICS_FILE).exists():
+            return
+        records = read_metrics(self.output_dir)
+        if any("reward" in r for r in records):
+            plot_reward_curve(records, self.output_dir / CURVE_FILE, self.smoothing, self.title)
+
+
+class RewardProgressCallback(ProgressCallback):
+    """The Trainer's progress bar (step, ETA) with the latest reward shown on it instead of log dumps."""
+
+    SHOWN = ("reward", "kl", "entropy", "sampling/logprob_gap/mean")
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not state.is_world_process_zero or self.training_bar is None or not logs:
+            return
+        shown = {k.split("/")[-2] if k.count("/") > 1 else k: f"{logs[k]:.4g}" for k in self.SHOWN
+                 if isinstance(logs.get(k), (int, float))}
+        if shown:
+            self.training_bar.set_postfix(shown, refresh=True)

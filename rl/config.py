@@ -1,0 +1,178 @@
+"""Recipe dataclasses for image GRPO: script keys and the GRPO config with image-policy knobs.
+
+A recipe is one flat YAML parsed by ``trl.TrlParser`` over ``(ScriptArguments, ImageGRPOConfig,
+trl.ModelConfig)``: YAML sets defaults, ``--key value`` overrides, unknown keys are rejected.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+from trl import GRPOConfig
+
+LOGPROB_MODES = ("auto", "guided", "conditional")
+PROMPT_LENGTHS = ("short", "long", "mix")
+
+
+@dataclass
+class ScriptArguments:
+    """Data and policy-source keys of a GRPO recipe (everything that is not a training argument)."""
+
+    train_prompts: str | None = field(
+        default=None,
+        metadata={"help": "Prompt set: JSONL / JSON / .txt file or HF datasets folder with a `prompt` column."},
+    )
+    eval_prompts: str | None = field(default=None, metadata={"help": "Held-out prompt set (same formats)."})
+    prompt_length: str = field(
+        default="short",
+        metadata={"help": "Which caption to train on: short (`prompt`), long (`long_prompt`) or mix (random per row).",
+                  "choices": list(PROMPT_LENGTHS)},
+    )
+    prompt_column: str = field(default="prompt", metadata={"help": "Column holding the short caption."})
+    long_prompt_column: str = field(default="long_prompt", metadata={"help": "Column holding the long caption."})
+    max_train_prompts: int | None = field(default=None, metadata={"help": "Use only the first N training prompts."})
+    codec: str = field(default="cosmos", metadata={"help": "Visual codec: cosmos | palette."})
+    codec_path: str | None = field(default=None, metadata={"help": "Local Cosmos tokenizer folder (codec: cosmos)."})
+    codec_dtype: str | None = field(default=None, metadata={"help": "Codec dtype (default bf16 on GPU, fp32 on CPU)."})
+    codec_levels: int = field(default=4, metadata={"help": "Palette codec: colour levels per channel."})
+    codec_patch: int = field(default=8, metadata={"help": "Palette codec: pixels per patch side."})
+    resolution: int | None = field(
+        default=None, metadata={"help": "Image side in pixels; sets the grid via the codec (e.g. 1024 -> 64x64)."}
+    )
+    tiny_hidden_size: int = field(default=128, metadata={"help": "model_name_or_path: tiny -> hidden size."})
+    tiny_num_layers: int = field(default=2, metadata={"help": "model_name_or_path: tiny -> layers."})
+    tiny_codebook_size: int = field(default=64, metadata={"help": "model_name_or_path: tiny -> codebook size."})
+
+
+@dataclass
+class ImageGRPOConfig(GRPOConfig):
+    """TRL's ``GRPOConfig`` plus what an image policy needs. TRL keeps loss, KL and advantages."""
+
+    cfg_scale: float = field(
+        default=1.0, metadata={"help": "Classifier-free guidance scale for rollouts (1.0 = no uncond branch)."}
+    )
+    logprob_mode: str = field(
+        default="auto",
+        metadata={
+            "help": "guided: trainer log-probs of the guided distribution the sampler drew from (ratio exactly 1 on "
+            "the first pass); conditional: TRL's conditional-branch log-probs (SimpleAR/T2I-R1 behaviour); "
+            "auto: guided when cfg_scale != 1, else conditional.",
+            "choices": list(LOGPROB_MODES),
+        },
+    )
+    prompt_prefix: str = field(default="", metadata={"help": "Text inserted at {prefix} in the cond template."})
+    cond_template: str | None = field(
+        default=None, metadata={"help": "Override the policy's cond template (needs {caption})."}
+    )
+    uncond_template: str | None = field(
+        default=None,
+        metadata={"help": "Override the uncond template, e.g. '<|t2i|>low quality, blurry<|soi|>' (negative prompt)."},
+    )
+    logprob_chunk_size: int = field(
+        default=256, metadata={"help": "Completion positions per chunk when scoring over the visual slice."}
+    )
+    rewards: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "Reward specs. In YAML a list of mappings ({name, weight, ...kwargs}); on the command line "
+            "`name[:weight]` items or YAML/JSON mappings."
+        },
+    )
+    reward_aggregation: str = field(
+        default="sum",
+        metadata={"help": "sum: weighted sum then group-normalise; normalize_then_sum: normalise each reward per "
+                  "group first.", "choices": ["sum", "normalize_then_sum"]},
+    )
+    on_reward_error: str = field(
+        default="fail",
+        metadata={"help": "fail: stop on a raising/NaN/inf reward; drop: score None for those rows (counted).",
+                  "choices": ["fail", "drop"]},
+    )
+    disable_dropout: bool = field(
+        default=True,
+        metadata={"help": "Disable dropout (also LoRA dropout) so rollouts and training score the same policy."},
+    )
+    sample_every: int = field(default=50, metadata={"help": "Save samples/step_<N>.png every N steps (0 = never)."})
+    samples_per_grid: int = field(default=16, metadata={"help": "Images in each sample grid."})
+    log_rollouts: bool = field(
+        default=False,
+        metadata={"help": "Write per-row rollout records (prompt, seed, rewards, advantage) to rollouts/rank<k>.jsonl."},
+    )
+    reward_curve_smoothing: float = field(
+        default=0.8, metadata={"help": "EMA factor of the smoothed line in reward_curve.png."}
+    )
+
+    def __post_init__(self) -> None:
+        self.rewards = normalise_reward_specs(self.rewards)
+        super().__post_init__()
+        if self.logprob_mode not in LOGPROB_MODES:
+            raise ValueError(f"logprob_mode must be one of {LOGPROB_MODES}, got {self.logprob_mode!r}")
+        if self.logprob_mode == "auto":
+            self.logprob_mode = "guided" if self.cfg_scale != 1.0 else "conditional"
+        refuse_unworkable(self)
+
+    @property
+    def uses_cfg(self) -> bool:
+        return self.cfg_scale != 1.0
+
+
+def normalise_reward_specs(specs: Any) -> list[dict] | None:
+    """Reward specs as a list of dicts, whatever form the YAML or command line gave them in."""
+    if specs is None:
+        return None
+    if isinstance(specs, (str, dict)):
+        specs = [specs]
+    out = []
+    for item in specs:
+        if isinstance(item, dict):
+            out.append(dict(item))
+            continue
+        text = str(item).strip()
+        if text.startswith(("{", "[")):
+            parsed = yaml.safe_load(text)
+            out.extend(normalise_reward_specs(parsed) or [])
+            continue
+        name, _, weight = text.partition(":")
+        spec: dict[str, Any] = {"name": name.strip()}
+        if weight:
+            try:
+                spec["weight"] = float(weight)
+            except ValueError:
+                raise ValueError(f"reward spec {text!r}: weight {weight!r} is not a number (use name:weight)") from None
+        out.append(spec)
+    for spec in out:
+        if not spec.get("name"):
+            raise ValueError(f"reward spec {json.dumps(spec)} has no `name`")
+    return out
+
+
+def refuse_unworkable(args: ImageGRPOConfig) -> None:
+    """Reject settings that cannot work for fixed-size image grids, each with the fix."""
+    if args.mask_truncated_completions:
+        raise ValueError(
+            "mask_truncated_completions=True would mask every image: a completion is a fixed h*w grid with no "
+            "end-of-image token, so TRL sees all of them as truncated and the loss would be zero. Set it to false."
+        )
+    if args.use_vllm:
+        raise ValueError(
+            "use_vllm=True is not supported: rollouts use the CFG image sampler (cond and uncond in one batched "
+            "forward with a KV cache). Set use_vllm: false."
+        )
+    if args.repetition_penalty != 1.0:
+        raise ValueError(
+            f"repetition_penalty={args.repetition_penalty}: image tokens repeat legitimately (flat regions); "
+            "a repetition penalty distorts images and is not applied by the sampler. Set it to 1.0."
+        )
+    if args.min_p is not None:
+        raise ValueError("min_p is not supported by the image sampler; use top_k / top_p")
+    if args.logprob_mode not in ("guided", "conditional"):
+        raise ValueError(f"logprob_mode must be guided or conditional after resolution, got {args.logprob_mode!r}")
+    if args.logprob_chunk_size < 1:
+        raise ValueError(f"logprob_chunk_size must be >= 1, got {args.logprob_chunk_size}")
+    if args.reward_weights is not None and args.rewards:
+        raise ValueError(
+            "set reward weights inside the `rewards` list ({name: ..., weight: ...}), not with reward_weights"
+        )

@@ -1,0 +1,102 @@
+"""Prompt sets for GRPO: JSONL / JSON / text files or HF datasets folders, short/long/mix captions."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import datasets
+
+
+def _read_records(path: Path) -> list[dict]:
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".jsonl":
+            records = []
+            for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+                if not line.strip():
+                    continue
+                try:
+                    records.append(json.loads(line))
+                except json.JSONDecodeError as err:
+                    raise ValueError(f"prompt file {str(path)!r} line {lineno} is not valid JSON: {err.msg}") from None
+            return records
+        if suffix == ".json":
+            data = json.loads(path.read_text(encoding="utf-8"))
+            if isinstance(data, dict) and "data" in data:
+                data = data["data"]
+            if not isinstance(data, list):
+                raise ValueError(f"prompt file {str(path)!r} must hold a JSON list of objects (or {{'data': [...]}})")
+            return data
+        if suffix == ".txt":
+            return [{"prompt": line.strip()} for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    except UnicodeDecodeError:
+        raise ValueError(f"prompt file {str(path)!r} is not UTF-8 text") from None
+    raise ValueError(f"prompt file {str(path)!r}: unsupported extension {suffix!r}; use .jsonl, .json, .txt or a datasets folder")
+
+
+def read_prompt_table(path: str | Path) -> datasets.Dataset:
+    """The raw prompt table at ``path`` (file or ``save_to_disk`` folder)."""
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise FileNotFoundError(f"prompt set {str(path)!r} does not exist")
+    if path.is_dir():
+        try:
+            loaded = datasets.load_from_disk(str(path))
+        except Exception as err:  # datasets raises several types for a folder that is not a dataset
+            raise ValueError(f"prompt folder {str(path)!r} is not a datasets folder saved with save_to_disk: {err}") from err
+        if isinstance(loaded, datasets.DatasetDict):
+            if "train" not in loaded:
+                raise ValueError(f"prompt folder {str(path)!r} holds splits {list(loaded)}; expected a 'train' split")
+            loaded = loaded["train"]
+        return loaded
+    records = _read_records(path)
+    bad = next((i for i, r in enumerate(records) if not isinstance(r, dict)), None)
+    if bad is not None:
+        raise ValueError(f"prompt file {str(path)!r}: record {bad + 1} is not an object")
+    return datasets.Dataset.from_list(records)
+
+
+def load_prompt_set(
+    path: str | Path,
+    prompt_length: str = "short",
+    prompt_column: str = "prompt",
+    long_prompt_column: str = "long_prompt",
+    seed: int = 0,
+    limit: int | None = None,
+) -> datasets.Dataset:
+    """A GRPO prompt dataset whose ``prompt`` column is the caption chosen by ``prompt_length``.
+
+    ``short`` uses ``prompt_column``, ``long`` uses ``long_prompt_column``, ``mix`` picks one of them
+    per row with a seeded coin. Both captions stay available as ``short_prompt`` / ``long_prompt``
+    and every other column is kept as metadata for the rewards.
+    """
+    if prompt_length not in ("short", "long", "mix"):
+        raise ValueError(f"prompt_length must be short, long or mix, got {prompt_length!r}")
+    table = read_prompt_table(path)
+    if limit is not None:
+        table = table.select(range(min(limit, len(table))))
+    if len(table) == 0:
+        raise ValueError(f"prompt set {str(path)!r} is empty")
+    columns = set(table.column_names)
+    if prompt_column not in columns:
+        raise ValueError(f"prompt set {str(path)!r} has no {prompt_column!r} column (columns: {sorted(columns)})")
+    if prompt_length in ("long", "mix") and long_prompt_column not in columns:
+        raise ValueError(
+            f"prompt_length={prompt_length!r} needs a {long_prompt_column!r} column, but {str(path)!r} has only "
+            f"{sorted(columns)}; use prompt_length: short or add long captions"
+        )
+    rng = random.Random(seed)
+
+    def choose(row: dict) -> dict:
+        short = row[prompt_column]
+        long = row.get(long_prompt_column) or short
+        use_long = prompt_length == "long" or (prompt_length == "mix" and rng.random() < 0.5)
+        caption = long if use_long else short
+        if not isinstance(caption, str) or not caption.strip():
+            raise ValueError(f"prompt set {str(path)!r}: empty or non-text caption {caption!r}")
+        return {"prompt": caption, "short_prompt": short, "long_prompt": long}
+
+    drop = [c for c in (prompt_column,) if c != "prompt"]
+    return table.map(choose, remove_columns=drop, load_from_cache_file=False, desc=None)

@@ -1,0 +1,167 @@
+"""``simplear-rl grpo --config recipe.yaml`` and ``accelerate launch -m rl.grpo --config recipe.yaml``.
+
+Builds, in order and failing fast: paths checked -> prompt sets -> rewards (their checkpoints are
+checked before any model loads) -> policy -> codec -> :class:`rl.trainer.ImageGRPOTrainer`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+
+from transformers.trainer_utils import get_last_checkpoint
+from trl import ModelConfig, TrlParser, get_peft_config
+
+from policies.codecs import build_codec
+from policies.loading import Policy, check_model_folder, load_policy
+from policies.tiny import build_tiny_policy
+
+from .config import ImageGRPOConfig, ScriptArguments
+from .data import load_prompt_set
+
+logger = logging.getLogger(__name__)
+TINY = "tiny"
+
+
+def build_parser() -> TrlParser:
+    """The recipe parser: one flat YAML mixing script, GRPO and model keys."""
+    return TrlParser((ScriptArguments, ImageGRPOConfig, ModelConfig))
+
+
+def check_paths(script: ScriptArguments, model_args: ModelConfig) -> None:
+    """Every local path a recipe names exists, before anything heavy loads."""
+    if not model_args.model_name_or_path:
+        raise ValueError("model_name_or_path is required (a policy checkpoint folder, or `tiny` for a random tiny policy)")
+    if model_args.model_name_or_path != TINY:
+        check_model_folder(model_args.model_name_or_path)
+    if not script.train_prompts:
+        raise ValueError("train_prompts is required: a JSONL/JSON/.txt prompt file or a datasets folder")
+    for key in ("train_prompts", "eval_prompts"):
+        value = getattr(script, key)
+        if value and not Path(value).expanduser().exists():
+            raise FileNotFoundError(f"{key} {value!r} does not exist")
+    if script.codec == "cosmos":
+        if not script.codec_path:
+            raise ValueError("codec: cosmos needs codec_path (a local Cosmos-1.0-Tokenizer-DV8x16x16 folder)")
+        if not Path(script.codec_path).expanduser().is_dir():
+            raise FileNotFoundError(f"codec_path {script.codec_path!r} is not a folder")
+
+
+def build_codec_for(script: ScriptArguments, device: str | None = None):
+    """The recipe's codec (``cosmos`` from ``codec_path``, or the weight-free ``palette``)."""
+    if script.codec == "palette":
+        return build_codec("palette", levels=script.codec_levels, patch=script.codec_patch)
+    return build_codec(script.codec, path=script.codec_path, device=device, dtype=script.codec_dtype)
+
+
+def caption_words(*tables) -> list[str]:
+    """Every word of every caption column, for the tiny policy's word-level tokenizer."""
+    import re
+
+    words: dict[str, None] = {}
+    for table in tables:
+        if table is None:
+            continue
+        for column in ("short_prompt", "long_prompt", "prompt"):
+            if column in table.column_names:
+                for text in table[column]:
+                    for w in re.findall(r"\w+|[^\w\s]+", str(text).lower()):
+                        words.setdefault(w, None)
+    return list(words)
+
+
+def build_policy(script: ScriptArguments, model_args: ModelConfig, output_dir: str, codec, words: list[str]) -> Policy:
+    """Load the policy named by ``model_name_or_path``; ``tiny`` builds and saves a random tiny one."""
+    if model_args.model_name_or_path == TINY:
+        grid = codec.grid_for(script.resolution) if script.resolution else (8, 8)
+        policy = build_tiny_policy(
+            words=words,
+            codebook_size=codec.codebook_size,
+            grid=grid,
+            hidden_size=script.tiny_hidden_size,
+            num_hidden_layers=script.tiny_num_layers,
+        )
+        # Saved so TRL can rebuild a reference model from the path when beta > 0.
+        init_dir = Path(output_dir) / "init-policy"
+        policy.save(init_dir)
+        return load_policy(init_dir, dtype=model_args.dtype)
+    grid = codec.grid_for(script.resolution) if script.resolution else None
+    return load_policy(model_args.model_name_or_path, dtype=model_args.dtype, grid=grid)
+
+
+def build_trainer(script: ScriptArguments, args: ImageGRPOConfig, model_args: ModelConfig, callbacks=None):
+    """Everything a run needs, validated in order; returns the ready trainer."""
+    from rewards import build_rewards  # heavy optional models load here, after the cheap checks
+
+    from .trainer import ImageGRPOTrainer
+
+    check_paths(script, model_args)
+    if not args.rewards:
+        raise ValueError("the recipe names no rewards: add `rewards: [{name: ..., weight: ...}]`")
+    if args.report_to and "wandb" in args.report_to:
+        os.environ.setdefault("WANDB_DIR", args.output_dir)
+        os.environ.setdefault("WANDB_PROJECT", "simplear-rl")
+        Path(args.output_dir).mkdir(parents=True, exist_ok=True)
+    train = load_prompt_set(
+        script.train_prompts, script.prompt_length, script.prompt_column, script.long_prompt_column,
+        seed=args.seed, limit=script.max_train_prompts,
+    )
+    evaluation = (
+        load_prompt_set(script.eval_prompts, script.prompt_length, script.prompt_column, script.long_prompt_column,
+                        seed=args.seed)
+        if script.eval_prompts else None
+    )
+    reward_suite = build_rewards(args.rewards)
+    reward_suite.validate_columns(set(train.column_names))
+    codec = build_codec_for(script)
+    policy = build_policy(script, model_args, args.output_dir, codec, caption_words(train, evaluation))
+    return ImageGRPOTrainer(
+        policy=policy,
+        codec=codec,
+        rewards=reward_suite,
+        args=args,
+        train_dataset=train,
+        eval_dataset=evaluation,
+        peft_config=get_peft_config(model_args),
+        callbacks=callbacks,
+    )
+
+
+def resolve_resume(args: ImageGRPOConfig) -> str | None:
+    """``resume_from_checkpoint``: a path, or ``last``/``true`` for the newest checkpoint in output_dir."""
+    value = args.resume_from_checkpoint
+    if value is None or str(value).lower() in ("", "false", "none"):
+        return None
+    if str(value).lower() in ("last", "true"):
+        last = get_last_checkpoint(args.output_dir) if Path(args.output_dir).is_dir() else None
+        if last is None:
+            raise FileNotFoundError(f"resume_from_checkpoint={value!r} but {args.output_dir!r} holds no checkpoint-N folder")
+        return last
+    if not Path(value).is_dir():
+        raise FileNotFoundError(f"resume_from_checkpoint {value!r} is not a checkpoint folder")
+    return value
+
+
+def run(script: ScriptArguments, args: ImageGRPOConfig, model_args: ModelConfig):
+    """Train and save the final policy to ``output_dir``; returns the trainer."""
+    resume = resolve_resume(args)
+    trainer = build_trainer(script, args, model_args)
+    trainer.train(resume_from_checkpoint=resume)
+    trainer.save_model(args.output_dir)
+    if trainer.accelerator.is_main_process:
+        logger.info("GRPO finished: metrics, reward_curve.png and samples/ are in %s", args.output_dir)
+    return trainer
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse a recipe (``--config x.yaml`` plus ``--key value`` overrides) and run GRPO."""
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    script, args, model_args = build_parser().parse_args_and_config(argv)
+    run(script, args, model_args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

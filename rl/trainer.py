@@ -1,0 +1,292 @@
+"""GRPO for AR image policies: TRL's ``GRPOTrainer`` with an image rollout and guided log-probs.
+
+One step: TRL's ``_prepare_inputs`` -> ``_generate_and_score_completions`` -> our ``_generate``
+(template prompts, CFG-sample code grids, decode, hand images to the rewards) -> TRL's rewards,
+group advantages and buffering -> TRL's ``_compute_loss`` -> our
+``_get_per_token_logps_and_entropies`` (guided mode). TRL keeps the loss, KL, advantages, gather,
+PEFT reference and checkpointing.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers import ProgressCallback
+from trl import GRPOTrainer
+from trl.models import unwrap_model_for_generation
+
+from policies.codecs import VisualCodec, check_codec_matches
+from policies.guidance import SamplingConfig
+from policies.images import captioned_grid, save_png, to_unit
+from policies.loading import Policy
+from policies.sampler import sample_images
+from policies.scoring import guided_token_logprobs
+
+from .callbacks import MetricsFileCallback, RewardCurveCallback, RewardProgressCallback
+from .config import ImageGRPOConfig
+
+logger = logging.getLogger(__name__)
+
+SAMPLER_LOGPS_KEY = "sampler_logps"
+
+
+class ImageGRPOTrainer(GRPOTrainer):
+    """GRPO on image token grids.
+
+    Args:
+        policy: the policy (model, tokenizer, visual layout) to train.
+        codec: decodes sampled code grids into images for the rewards.
+        rewards: a ``rewards.RewardSuite`` (names, weights, aggregation, TRL reward functions).
+        args: :class:`rl.config.ImageGRPOConfig`.
+        train_dataset / eval_dataset: prompt sets whose ``prompt`` column is the caption.
+        peft_config: a ``peft.LoraConfig`` for LoRA training (reference = adapter disabled).
+    """
+
+    def __init__(
+        self,
+        policy: Policy,
+        codec: VisualCodec,
+        rewards,
+        args: ImageGRPOConfig,
+        train_dataset,
+        eval_dataset=None,
+        peft_config=None,
+        callbacks=None,
+    ):
+        vocab = policy.vocab.replace(prompt_prefix=args.prompt_prefix)
+        if args.cond_template:
+            vocab = vocab.replace(cond_template=args.cond_template)
+        if args.uncond_template:
+            vocab = vocab.replace(uncond_template=args.uncond_template)
+        check_codec_matches(codec, vocab.codebook_size, vocab.grid)
+        for name, dataset in (("train", train_dataset), ("eval", eval_dataset)):
+            if dataset is not None:
+                rewards.validate_columns(set(dataset.column_names))
+        if args.max_completion_length != vocab.num_image_tokens:
+            logger.info("max_completion_length set to the grid size %d", vocab.num_image_tokens)
+            args.max_completion_length = vocab.num_image_tokens
+        args.reward_weights = list(rewards.weights)
+        args.multi_objective_aggregation = "sum_then_normalize" if rewards.aggregation == "sum" else "normalize_then_sum"
+        self.vocab = vocab
+        self.reward_suite = rewards
+        self.sampling = SamplingConfig(
+            cfg_scale=args.cfg_scale, temperature=args.temperature, top_k=args.top_k or 0, top_p=args.top_p
+        )
+        if args.logprob_mode == "conditional" and self.sampling.truncates(vocab.codebook_size):
+            logger.warning(
+                "logprob_mode=conditional scores without top-k/top-p truncation while rollouts truncate; "
+                "use logprob_mode: guided to score exactly the sampled distribution"
+            )
+        if args.logprob_mode == "conditional" and args.uses_cfg:
+            logger.warning(
+                "logprob_mode=conditional with cfg_scale=%s: rollouts come from the guided distribution but the "
+                "policy gradient uses conditional log-probs (SimpleAR/T2I-R1 behaviour)", args.cfg_scale
+            )
+        super().__init__(
+            model=policy.model,
+            reward_funcs=rewards.trl_reward_funcs(on_error=args.on_reward_error),
+            args=args,
+            train_dataset=train_dataset,
+            eval_dataset=eval_dataset,
+            processing_class=policy.tokenizer,
+            peft_config=peft_config,
+            callbacks=callbacks,
+        )
+        self.codec = codec.to(self.accelerator.device)
+        self._uncond_ids = self._encode(vocab.format_uncond())
+        self._pad_id = self._tokenizer.pad_token_id
+        self._pending_rollout: dict | None = None
+        self._rollout_global_step = -1
+        self._loss_inputs: dict | None = None
+        self._last_rewards_per_func: torch.Tensor | None = None
+        self._seed_calls: dict[tuple, int] = defaultdict(int)
+        self._last_sample_step = -1
+        self.remove_callback(ProgressCallback)
+        self.add_callback(RewardProgressCallback())
+        self.add_callback(MetricsFileCallback(args.output_dir))
+        self.add_callback(RewardCurveCallback(args.output_dir, smoothing=args.reward_curve_smoothing))
+
+    # ------------------------------------------------------------------ rollout
+    def _encode(self, text: str) -> list[int]:
+        return self._tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def _rollout_seeds(self, n: int, mode: str) -> list[int]:
+        """Per-row seeds from (seed, step, mode, rank, call): reproducible, distinct across ranks and rows."""
+        key = (mode, self.state.global_step)
+        call = self._seed_calls[key]
+        self._seed_calls[key] += 1
+        entropy = [self.args.seed, self.state.global_step, int(mode == "eval"), self.accelerator.process_index, call]
+        return [int(s) for s in np.random.SeedSequence(entropy).generate_state(n, dtype=np.uint32)]
+
+    def _generate(self, prompts: list):
+        mode = "train" if self.model.training else "eval"
+        if not all(isinstance(p, str) for p in prompts):
+            raise TypeError("image GRPO expects plain-text prompts (the caption), not conversations")
+        prompt_ids = [self._encode(self.vocab.format_cond(caption)) for caption in prompts]
+        seeds = self._rollout_seeds(len(prompts), mode)
+        start = time.perf_counter()
+        with (
+            unwrap_model_for_generation(
+                self.model_wrapped,
+                self.accelerator,
+                gather_deepspeed3_params=self.args.ds3_gather_for_generation,
+                gradient_checkpointing_kwargs=self.args.gradient_checkpointing_kwargs,
+            ) as unwrapped,
+            torch.no_grad(),
+            self._dist.summon_full_params(self.model_wrapped, recurse=False),
+        ):
+            rollout = sample_images(
+                unwrapped, self.vocab, prompt_ids, self._uncond_ids, self.sampling, seeds, pad_id=self._pad_id
+            )
+            images = to_unit(self.codec.decode(rollout.codes))
+        device = self.accelerator.device
+        metrics = self._metrics[mode]
+        metrics["rollout/seconds"].append(time.perf_counter() - start)
+        metrics["entropy/visual_sampler"].append(self.accelerator.gather(rollout.entropy.mean().to(device)).mean().item())
+        tokens = torch.tensor(sum(len(p) for p in prompt_ids) + rollout.token_ids.numel(), device=device)
+        if mode == "train":
+            self.state.num_input_tokens_seen += self.accelerator.gather(tokens).sum().item()
+        metrics["num_tokens"] = [self.state.num_input_tokens_seen]
+
+        self._pending_rollout = {"logps": rollout.logprobs, "seeds": seeds, "images": images, "prompts": list(prompts)}
+        h, w = self.vocab.grid
+        completions = [f"<image {h}x{w}>"] * len(prompts)
+        extra_fields = {"images": list(images)}
+        return prompt_ids, rollout.token_ids.tolist(), None, completions, None, extra_fields, None, []
+
+    def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
+        rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+        self._last_rewards_per_func = rewards_per_func
+        return rewards_per_func
+
+    def _generate_and_score_completions(self, inputs):
+        output = super()._generate_and_score_completions(inputs)
+        rollout, self._pending_rollout = self._pending_rollout, None
+        width = output["completion_ids"].size(1)
+        logps = rollout["logps"].to(output["completion_ids"].device)
+        if logps.size(1) < width:  # completions padded by pad_to_multiple_of
+            logps = torch.nn.functional.pad(logps, (0, width - logps.size(1)))
+        output[SAMPLER_LOGPS_KEY] = logps
+        self._rollout_global_step = self.state.global_step
+        if self.model.training:
+            self._record_rollout(rollout, output["advantages"])
+        return output
+
+    def _local_rewards(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """This rank's rows of the gathered per-reward matrix and their weighted totals."""
+        start = self.accelerator.process_index * n
+        per_func = self._last_rewards_per_func[start : start + n].float().cpu()
+        weights = torch.tensor(self.args.reward_weights, dtype=torch.float32)
+        return per_func, (per_func * weights).nansum(dim=1)
+
+    def _record_rollout(self, rollout: dict, advantages: torch.Tensor) -> None:
+        n = len(rollout["prompts"])
+        per_func, totals = self._local_rewards(n)
+        step = self.state.global_step
+        if self.args.log_rollouts:
+            path = Path(self.args.output_dir) / "rollouts" / f"rank{self.accelerator.process_index}.jsonl"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open(path, "a", encoding="utf-8") as f:
+                for i in range(n):
+                    record = {
+                        "step": step,
+                        "rank": self.accelerator.process_index,
+                        "row": i,
+                        "prompt": rollout["prompts"][i],
+                        "seed": rollout["seeds"][i],
+                        "rewards": {name: float(per_func[i, j]) for j, name in enumerate(self.reward_func_names)},
+                        "reward": float(totals[i]),
+                        "advantage": float(advantages[i]),
+                    }
+                    f.write(json.dumps(record) + "\n")
+        every = self.args.sample_every
+        if every > 0 and step % every == 0 and step != self._last_sample_step and self.accelerator.is_main_process:
+            self._last_sample_step = step
+            k = min(n, self.args.samples_per_grid)
+            captions = [f"{p} | r={float(r):.3f}" for p, r in zip(rollout["prompts"][:k], totals[:k])]
+            grid = captioned_grid(rollout["images"][:k].cpu(), captions)
+            path = save_png(grid, Path(self.args.output_dir) / "samples" / f"step_{step}.png")
+            self._log_image_to_wandb(path, step)
+
+    def _log_image_to_wandb(self, path: Path, step: int) -> None:
+        if not self.args.report_to or "wandb" not in self.args.report_to:
+            return
+        import wandb
+
+        if wandb.run is not None:
+            wandb.log({"samples": wandb.Image(str(path), caption=f"step {step}")}, commit=False)
+
+    # ---------------------------------------------------------------- scoring
+    def _compute_loss(self, model, inputs):
+        self._loss_inputs = inputs
+        try:
+            return super()._compute_loss(model, inputs)
+        finally:
+            self._loss_inputs = None
+
+    def _get_per_token_logps_and_entropies(
+        self,
+        model,
+        input_ids,
+        attention_mask,
+        logits_to_keep,
+        batch_size=None,
+        compute_entropy=False,
+        compute_aux_loss=False,
+        **kwargs,
+    ):
+        if self.args.logprob_mode == "guided":
+            logps, entropies = self._guided_logps(model, input_ids, attention_mask, logits_to_keep, batch_size)
+            aux = None
+        else:
+            logps, entropies, aux = super()._get_per_token_logps_and_entropies(
+                model, input_ids, attention_mask, logits_to_keep, batch_size, compute_entropy, compute_aux_loss, **kwargs
+            )
+        if self._loss_inputs is not None:
+            self._log_logprob_gap(logps, self._loss_inputs)
+        return logps, entropies, aux
+
+    def _guided_logps(self, model, input_ids, attention_mask, logits_to_keep, batch_size=None):
+        """Guided log-probs and entropies of the completions (visual slice, one stacked forward per chunk)."""
+        batch_size = batch_size or input_ids.size(0)
+        prompt_ids, prompt_mask = input_ids[:, :-logits_to_keep], attention_mask[:, :-logits_to_keep]
+        completion = input_ids[:, -logits_to_keep:]
+        completion_mask = attention_mask[:, -logits_to_keep:].bool()
+        # Right padding (pad_to_multiple_of) is scored as code 0 and masked out by TRL.
+        completion = torch.where(completion_mask, completion, torch.full_like(completion, self.vocab.offset))
+        all_logps, all_entropies = [], []
+        for start in range(0, input_ids.size(0), batch_size):
+            rows = range(start, min(start + batch_size, input_ids.size(0)))
+            cond = [prompt_ids[i][prompt_mask[i].bool()].tolist() for i in rows]
+            with self.accelerator.autocast():
+                logps, entropies = guided_token_logprobs(
+                    model,
+                    self.vocab,
+                    cond,
+                    [self._uncond_ids] * len(cond),
+                    completion[start : start + len(cond)],
+                    self.sampling,
+                    pad_id=self._pad_id,
+                    chunk_size=self.args.logprob_chunk_size,
+                )
+            all_logps.append(logps)
+            all_entropies.append(entropies)
+        return torch.cat(all_logps), torch.cat(all_entropies)
+
+    def _log_logprob_gap(self, logps: torch.Tensor, inputs: dict) -> None:
+        """mean/max |sampler log-prob - trainer log-prob| while no optimizer step has happened since the rollout."""
+        if self.state.global_step != self._rollout_global_step or SAMPLER_LOGPS_KEY not in inputs:
+            return
+        mask = inputs["completion_mask"].bool()
+        gap = (logps.detach().float() - inputs[SAMPLER_LOGPS_KEY].float()).abs()[mask]
+        stats = torch.stack([gap.sum(), torch.tensor(float(gap.numel()), device=gap.device), gap.max() if gap.numel() else gap.new_zeros(())])
+        gathered = self.accelerator.gather(stats.unsqueeze(0))
+        mode = "train" if self.model.training else "eval"
+        self._metrics[mode]["sampling/logprob_gap/mean"].append((gathered[:, 0].sum() / gathered[:, 1].sum().clamp(min=1)).item())
+        self._metrics[mode]["sampling/logprob_gap/max"].append(gathered[:, 2].max().item())
