@@ -10,6 +10,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
 import yaml
 from trl import GRPOConfig
 
@@ -107,6 +108,8 @@ class ImageGRPOConfig(GRPOConfig):
 
     def __post_init__(self) -> None:
         self.rewards = normalise_reward_specs(self.rewards)
+        if self.bf16 is None:  # TRL defaults to bf16, which fails on machines without it (CPU laptops)
+            self.bf16 = not self.fp16 and bf16_available()
         super().__post_init__()
         if self.logprob_mode not in LOGPROB_MODES:
             raise ValueError(f"logprob_mode must be one of {LOGPROB_MODES}, got {self.logprob_mode!r}")
@@ -117,6 +120,11 @@ class ImageGRPOConfig(GRPOConfig):
     @property
     def uses_cfg(self) -> bool:
         return self.cfg_scale != 1.0
+
+
+def bf16_available() -> bool:
+    """Whether this machine can train in bf16 (an Ampere-or-newer CUDA GPU)."""
+    return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
 
 
 def normalise_reward_specs(specs: Any) -> list[dict] | None:

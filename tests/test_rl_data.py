@@ -1,0 +1,69 @@
+"""Prompt sets: file formats, short/long/mix caption selection and their errors."""
+
+import json
+
+import datasets
+import pytest
+
+from rl.data import load_prompt_set
+
+ROWS = [
+    {"prompt": f"a red square {i}", "long_prompt": f"A picture with a red square number {i}.", "objects": [{"color": "red"}]}
+    for i in range(40)
+]
+
+
+def write_jsonl(path, rows):
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    return path
+
+
+def test_short_prompts_are_the_prompt_column_and_metadata_is_kept(tmp_path):
+    ds = load_prompt_set(write_jsonl(tmp_path / "p.jsonl", ROWS), "short")
+    assert ds[3]["prompt"] == "a red square 3"
+    assert ds[3]["long_prompt"] == "A picture with a red square number 3."
+    assert ds[3]["objects"] == [{"color": "red"}]
+
+
+def test_long_prompts_use_the_long_caption(tmp_path):
+    ds = load_prompt_set(write_jsonl(tmp_path / "p.jsonl", ROWS), "long")
+    assert ds["prompt"] == [r["long_prompt"] for r in ROWS]
+
+
+def test_mix_draws_both_kinds_reproducibly_with_the_seed(tmp_path):
+    path = write_jsonl(tmp_path / "p.jsonl", ROWS)
+    first = load_prompt_set(path, "mix", seed=3)["prompt"]
+    assert first == load_prompt_set(path, "mix", seed=3)["prompt"]
+    n_long = sum(p.startswith("A picture") for p in first)
+    assert 5 < n_long < 35
+
+
+def test_json_txt_and_datasets_folder_formats_load(tmp_path):
+    (tmp_path / "p.json").write_text(json.dumps(ROWS[:5]))
+    assert len(load_prompt_set(tmp_path / "p.json")) == 5
+    (tmp_path / "p.txt").write_text("a cat\n\na dog\n")
+    assert load_prompt_set(tmp_path / "p.txt")["prompt"] == ["a cat", "a dog"]
+    datasets.Dataset.from_list(ROWS[:7]).save_to_disk(str(tmp_path / "folder"))
+    assert len(load_prompt_set(tmp_path / "folder", "long")) == 7
+
+
+def test_long_selection_without_long_captions_names_the_column_and_the_fix(tmp_path):
+    path = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "a cat"}])
+    with pytest.raises(ValueError, match="long_prompt.*prompt_length: short"):
+        load_prompt_set(path, "long")
+
+
+def test_unreadable_prompt_files_name_the_file_and_line(tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "ok"}\n{not json\n')
+    with pytest.raises(ValueError, match="bad.jsonl.*line 2"):
+        load_prompt_set(bad)
+    with pytest.raises(FileNotFoundError, match="missing.jsonl"):
+        load_prompt_set(tmp_path / "missing.jsonl")
+    with pytest.raises(ValueError, match="no 'prompt' column"):
+        load_prompt_set(write_jsonl(tmp_path / "q.jsonl", [{"caption": "x"}]))
+    with pytest.raises(ValueError, match="empty"):
+        load_prompt_set(write_jsonl(tmp_path / "e.jsonl", [{"prompt": "x"}]), limit=0)
+    (tmp_path / "p.csv").write_text("prompt\nx\n")
+    with pytest.raises(ValueError, match="unsupported extension"):
+        load_prompt_set(tmp_path / "p.csv")
