@@ -51,6 +51,17 @@ def _own_parameters(func: Callable, skip: int) -> tuple[dict[str, Any], bool]:
     return named, any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
 
 
+def check_columns(metadata: dict[str, Any], n: int, where: str = "") -> None:
+    """Every metadata column must hold one value per prompt; the message names the column."""
+    for key, column in metadata.items():
+        rows = len(column) if hasattr(column, "__len__") else None
+        if rows != n:
+            raise RewardScoreError(
+                f"{where}metadata column {key!r} must hold one value per prompt ({n} rows), "
+                f"got {rows if rows is not None else type(column).__name__}"
+            )
+
+
 class Reward:
     """Base class of every reward. Subclasses implement :meth:`score_batch` for one batch.
 
@@ -112,13 +123,7 @@ class Reward:
             )
         if images.shape[0] != n:
             raise RewardScoreError(f"reward {self.name!r} got {images.shape[0]} images but {n} prompts")
-        for key, column in metadata.items():
-            rows = len(column) if hasattr(column, "__len__") else None
-            if rows != n:
-                raise RewardScoreError(
-                    f"reward {self.name!r}: metadata column {key!r} must hold one value per row "
-                    f"({n} rows), got {rows if rows is not None else type(column).__name__}"
-                )
+        check_columns(metadata, n, f"reward {self.name!r}: ")
 
     def passed(self, scores: torch.Tensor) -> torch.Tensor:
         """Boolean ``[B]``: which scores count as correct (for held-out accuracy)."""
@@ -143,6 +148,8 @@ class Reward:
                 merged.setdefault(key, default)
             if not forwards:
                 break
+        if merged.get("batch_size", REQUIRED) is None:
+            merged["batch_size"] = cls.default_batch_size  # what None means, shown in `rewards list`
         return merged
 
     def __repr__(self) -> str:

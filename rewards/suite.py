@@ -14,7 +14,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
-from .base import Reward
+from .base import Reward, check_columns
 from .errors import RewardConfigError, RewardOutputLengthError, RewardScoreError
 
 AGGREGATIONS = ("sum", "normalize_then_sum")
@@ -194,18 +194,18 @@ class RewardSuite:
         check_choice(on_error, ON_ERROR, "on_error")
         prompts = list(prompts)
         n = len(prompts)
-        groups = _image_groups(images, n)
         self.validate_columns(set(metadata))
-        for key, column in metadata.items():
-            if not hasattr(column, "__len__") or len(column) != n:
-                raise RewardScoreError(f"metadata column {key!r} must hold one value per prompt ({n} rows)")
+        check_columns(metadata, n)
+        groups = [
+            (rows, batch, [prompts[i] for i in rows], {k: [v[i] for i in rows] for k, v in metadata.items()})
+            for rows, batch in _image_groups(images, n)
+        ]
         result = ScoredBatch(values={})
         for name in self._order:
             component = self._components[name]
             values = torch.full((n,), float("nan"))
-            for rows, batch in groups:
-                columns = {k: [v[i] for i in rows] for k, v in metadata.items()}
-                values[rows] = self._run(component.reward, batch, [prompts[i] for i in rows], columns, rows, on_error)
+            for rows, batch, group_prompts, columns in groups:
+                values[rows] = self._run(component.reward, batch, group_prompts, columns, rows, on_error)
             bad = ~torch.isfinite(values)
             if bad.any():
                 if on_error == "fail":

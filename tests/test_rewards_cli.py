@@ -49,7 +49,7 @@ def test_list_prints_every_builtin_with_parameters_fields_and_source(capsys):
     assert cli.main(["list"]) == 0
     out = capsys.readouterr().out
     assert "clip  [builtin]" in out
-    assert "parameters: checkpoint (required), arch='ViT-H-14', preprocess='simplear', dtype=None" in out
+    assert "parameters: checkpoint (required), arch='ViT-H-14', preprocess='simplear', dtype=None, batch_size=32" in out
     assert "hpsv2.1  [builtin]" in out
     assert "required fields: objects" in out
     assert "passed when score >= 0.5" in out

@@ -57,14 +57,14 @@ def test_installed_plugin_rewards_build_by_name_and_score(installed_example_plug
     assert suite.rewards["example_palette"].batch_size == 16
     infos = available_rewards()
     assert infos["example_brightness"].source == f"entry point example_brightness ({DIST})"
-    assert infos["example_palette"].parameters == {"min_fraction": 0.01, "tolerance": 42.0, "batch_size": None, "device": None}
+    assert infos["example_palette"].parameters == {"min_fraction": 0.01, "tolerance": 42.0, "batch_size": 16, "device": None}
 
 
 def test_rewards_list_shows_plugin_rewards_with_their_source(installed_example_plugin, isolated_registry, capsys):
     assert cli.main(["list"]) == 0
     out = capsys.readouterr().out
     assert f"example_palette  [entry point example_palette ({DIST})]" in out
-    assert "parameters: min_fraction=0.01, tolerance=42.0, batch_size=None, device=None" in out
+    assert "parameters: min_fraction=0.01, tolerance=42.0, batch_size=16, device=None" in out
 
 
 def test_broken_plugin_warns_naming_it_and_rewards_list_still_works(tmp_path, monkeypatch, isolated_registry, capsys):
@@ -108,3 +108,11 @@ def test_module_entry_point_registers_on_import_and_plain_function_entry_point_i
     assert infos["t_from_module"].source == "entry point t_mod (module_plugin)"
     assert infos["t_plain"].source == "entry point t_plain (module_plugin)"
     sys.modules.pop("t_module_plugin", None)
+
+
+def test_readme_plugin_example_is_the_tested_plugin():
+    root = Path(__file__).parent.parent
+    readme = root / "README.md"
+    text = readme.read_text() if "Writing a reward plugin" in readme.read_text() else (root / "README_rewards_section.md").read_text()
+    for name in ("pyproject.toml", "simplear_rl_example_plugin/__init__.py"):
+        assert (PLUGIN_SOURCE / name).read_text().strip() in text, f"README example differs from {name}"

@@ -46,7 +46,7 @@ def test_decorated_function_becomes_a_reward_with_name_batch_size_device_and_fie
     assert got.tolist() == [1.0, 5.0, 4.0, 5.0]
     cls = get_reward_class("t_mean_of")
     assert issubclass(cls, FunctionReward)
-    assert cls.parameters() == {"scale": 1.0, "batch_size": None, "device": None}
+    assert cls.parameters() == {"scale": 1.0, "batch_size": 3, "device": None}
     assert available_rewards()["t_mean_of"].source == f"decorator ({__name__})"
 
 
