@@ -146,6 +146,7 @@ def register_reward(
             cls = _function_reward_class(obj, name, tuple(required_fields or ()))
         else:
             raise RewardConfigError(f"cannot register {obj!r} as reward {name!r}: not a class or function")
+        _add(name, cls, _default_source(obj))  # refuses a taken name before the class is touched
         cls.name = name
         if required_fields is not None:
             cls.required_fields = tuple(required_fields)
@@ -153,7 +154,6 @@ def register_reward(
             cls.default_batch_size = int(batch_size)
         if threshold is not None:
             cls.threshold = float(threshold)
-        _add(name, cls, _default_source(obj))
         return cls if cls is obj else cls()
 
     return decorate
@@ -166,7 +166,7 @@ def _as_reward_class(obj: Any, name: str, source: str) -> type[Reward]:
     An object that carries a reward name keeps it; a plain one is registered under ``name``.
     """
     cls = type(obj) if isinstance(obj, Reward) else obj if inspect.isclass(obj) and issubclass(obj, Reward) else None
-    if cls is not None and cls.name:
+    if cls is not None and vars(cls).get("name"):  # its own name, not one inherited from a registered parent
         _add(cls.name, cls, source)
         return cls
     with _loading_as(source):

@@ -176,3 +176,30 @@ def test_a_class_registered_under_two_names_is_built_under_the_name_asked():
             return torch.zeros(len(prompts))
 
     assert build_rewards(["t_first_name", "t_second_name"]).names == ["t_first_name", "t_second_name"]
+
+
+def test_a_refused_registration_leaves_the_registered_class_untouched():
+    from rewards.clip import CLIPReward
+
+    with pytest.raises(RewardConfigError, match="'color_region' is already registered"):
+        register_reward("color_region", batch_size=1)(CLIPReward)
+    assert (CLIPReward.name, CLIPReward.default_batch_size) == ("clip", 32)
+
+
+def test_dotted_path_to_an_undecorated_subclass_of_a_builtin_gets_its_own_name(tmp_path, monkeypatch):
+    (tmp_path / "t_subclass_rewards.py").write_text(
+        textwrap.dedent(
+            """
+            import torch
+            from rewards.verifiable import color_region
+
+            class Halved(type(color_region)):
+                def score_batch(self, images, prompts, **metadata):
+                    return super().score_batch(images, prompts, **metadata) / 2
+            """
+        )
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    suite = build_rewards(["t_subclass_rewards:Halved"])
+    assert suite.names == ["Halved"]
+    assert available_rewards()["color_region"].cls is type(rewards.verifiable.color_region)
