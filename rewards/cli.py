@@ -1,0 +1,216 @@
+"""``simplear-rl rewards list | score``: see registered rewards, score images on disk.
+
+``score --rewards SPEC --images DIR --prompts FILE [--out scores.jsonl] [--device cpu]``:
+SPEC is a YAML/JSON file holding a ``rewards:`` list (a whole recipe works: only ``rewards``,
+``reward_aggregation`` and ``reward_on_error`` are read) or an inline comma list of names; FILE is
+JSONL (``image`` relative to DIR, ``prompt``, metadata columns) or plain text (one prompt per line,
+matched to the sorted image files of DIR).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from .errors import RewardError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+#: Images read and scored per step.
+CHUNK = 64
+
+
+class InputError(RewardError):
+    """A file given on the command line is missing, unreadable or inconsistent."""
+
+
+# ---------------------------------------------------------------------- list
+def _list(_: argparse.Namespace) -> int:
+    from . import available_rewards
+    from .base import describe_parameters
+
+    for name, info in available_rewards().items():
+        print(f"{name}  [{info.source}]")
+        if info.summary:
+            print(f"    {info.summary}")
+        print(f"    parameters: {describe_parameters(info.parameters)}")
+        print(f"    required fields: {', '.join(info.required_fields) or '-'}")
+        if info.threshold is not None:
+            print(f"    passed when score >= {info.threshold:g}")
+    return 0
+
+
+# --------------------------------------------------------------------- score
+def load_reward_specs(value: str) -> tuple[list[Any], dict[str, Any]]:
+    """Specs and suite options (``aggregation``, ``on_error``) from a YAML/JSON file or ``a,b,c``."""
+    import yaml
+
+    if not os.path.exists(value):
+        if value.endswith((".yaml", ".yml", ".json")):
+            raise InputError(f"reward spec file {value} does not exist")
+        names = [n.strip() for n in value.split(",") if n.strip()]
+        if not names:
+            raise InputError(f"--rewards {value!r} names no reward")
+        return [{"name": n} for n in names], {}
+    try:
+        data = yaml.safe_load(Path(value).read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise InputError(f"cannot read reward spec file {value}: {exc}") from exc
+    if isinstance(data, list):
+        return data, {}
+    if not isinstance(data, dict) or "rewards" not in data:
+        raise InputError(f"reward spec file {value} must be a list of rewards or a mapping with a `rewards:` key")
+    options = {
+        key: data[recipe_key]
+        for key, recipe_key in (("aggregation", "reward_aggregation"), ("on_error", "reward_on_error"))
+        if data.get(recipe_key) is not None
+    }
+    return data["rewards"], options
+
+
+def read_prompt_rows(prompts_file: Path, images_dir: Path) -> list[dict[str, Any]]:
+    """``[{"image": path, "prompt": str, **metadata}]`` from a JSONL or a plain-text prompt file."""
+    if not images_dir.is_dir():
+        raise InputError(f"image folder {images_dir} does not exist")
+    try:
+        lines = prompts_file.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"cannot read prompt file {prompts_file}: {exc}") from exc
+    if prompts_file.suffix == ".jsonl":
+        rows = []
+        for number, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise InputError(f"{prompts_file}:{number} is not valid JSON: {exc}") from exc
+            if not isinstance(row, dict) or not isinstance(row.get("image"), str) or not isinstance(row.get("prompt"), str):
+                raise InputError(f"{prompts_file}:{number} needs string fields 'image' and 'prompt'")
+            row["image"] = images_dir / row["image"]
+            rows.append(row)
+        return rows
+    prompts = [line.strip() for line in lines if line.strip()]
+    images = sorted(p for p in images_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if len(prompts) != len(images):
+        raise InputError(
+            f"{len(prompts)} prompts in {prompts_file} but {len(images)} images in {images_dir}; a plain-text "
+            "prompt file needs one prompt per image (matched in sorted file-name order), or use JSONL with 'image'"
+        )
+    return [{"image": image, "prompt": prompt} for image, prompt in zip(images, prompts)]
+
+
+def load_image(path: Path):
+    """An image file as float ``[3,H,W]`` in ``[0,1]``; unreadable or corrupt files are named."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            pixels = np.asarray(image.convert("RGB"), dtype=np.uint8)
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:
+        raise InputError(f"cannot read image {path}: {exc}") from exc
+    return torch.from_numpy(pixels.copy()).permute(2, 0, 1).float() / 255.0
+
+
+def _write_jsonl(path: Path, records: list[dict[str, Any]]) -> None:
+    # Write beside the target and rename, so an interrupted run never leaves half a file.
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        for record in records:
+            f.write(json.dumps(record) + "\n")
+    os.replace(tmp, path)
+
+
+def _finite_or_none(value: float) -> float | None:
+    return None if math.isnan(value) or math.isinf(value) else value
+
+
+def _score(args: argparse.Namespace) -> int:
+    import torch
+    from tqdm import tqdm
+
+    from . import build_rewards
+
+    specs, options = load_reward_specs(args.rewards)
+    rows = read_prompt_rows(Path(args.prompts), Path(args.images))
+    if not rows:
+        raise InputError(f"prompt file {args.prompts} holds no prompts")
+    suite = build_rewards(
+        specs, device=args.device, dtype=args.dtype, aggregation=args.aggregation or options.get("aggregation", "sum")
+    )
+    columns = set.intersection(*(set(row) for row in rows)) - {"image", "prompt"}
+    suite.validate_columns(columns)
+    on_error = args.on_error or options.get("on_error", "fail")
+
+    scores: dict[str, list[torch.Tensor]] = {name: [] for name in suite.names}
+    with tqdm(total=len(rows), unit="img", file=sys.stderr, disable=len(rows) <= CHUNK) as progress:
+        for start in range(0, len(rows), CHUNK):
+            chunk = rows[start : start + CHUNK]
+            images = [load_image(row["image"]) for row in chunk]
+            metadata = {key: [row[key] for row in chunk] for key in columns}
+            for name, values in suite.score(images, [row["prompt"] for row in chunk], on_error=on_error, **metadata).items():
+                scores[name].append(values)
+            progress.update(len(chunk))
+    components = {name: torch.cat(parts) for name, parts in scores.items()}
+    totals = suite.combine(components)
+
+    records = []
+    for i, row in enumerate(rows):
+        record = {"image": os.path.relpath(row["image"], args.images), "prompt": row["prompt"]}
+        record.update({name: _finite_or_none(values[i].item()) for name, values in components.items()})
+        record["total"] = _finite_or_none(totals[i].item())
+        records.append(record)
+    _write_jsonl(Path(args.out), records)
+
+    width = max(len(n) for n in [*suite.names, "total"])
+    print(f"{'reward':<{width}}  {'weight':>6}  {'mean':>9}  {'dropped':>7}")
+    for name, weight in zip(suite.names, suite.weights):
+        values = components[name]
+        print(f"{name:<{width}}  {weight:>6g}  {torch.nanmean(values).item():>9.4f}  {int(values.isnan().sum()):>7d}")
+    print(f"{'total':<{width}}  {'':>6}  {torch.nanmean(totals).item():>9.4f}  {'':>7}   ({suite.aggregation}, {len(rows)} images)")
+    print(f"per-image scores: {args.out}")
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="simplear-rl rewards", description="List rewards or score images on disk.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("list", help="every registered reward: parameters, required fields, source").set_defaults(
+        run=_list
+    )
+    score = commands.add_parser("score", help="score an image folder with a set of rewards")
+    score.add_argument("--rewards", required=True, help="YAML/JSON file with a `rewards:` list, or names 'a,b'")
+    score.add_argument("--images", required=True, help="folder of images")
+    score.add_argument("--prompts", required=True, help="JSONL (image, prompt, metadata) or text, one per line")
+    score.add_argument("--out", default="scores.jsonl", help="per-image scores (JSONL, default scores.jsonl)")
+    score.add_argument("--device", default=None, help="device for model rewards (default cuda if available, else cpu)")
+    score.add_argument("--dtype", default=None, help="dtype for model rewards: fp32 (default), bf16, fp16")
+    score.add_argument("--aggregation", choices=("sum", "normalize_then_sum"), default=None)
+    score.add_argument("--on-error", choices=("fail", "drop"), default=None)
+    score.set_defaults(run=_score)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``simplear-rl rewards``; returns the exit status (2 on bad input)."""
+    args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
+    if getattr(args, "device", "unset") is None:
+        import torch
+
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        return args.run(args)
+    except RewardError as exc:
+        print(f"simplear-rl rewards: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
