@@ -87,7 +87,7 @@ class ImageGRPOConfig(GRPOConfig):
         metadata={"help": "sum: weighted sum then group-normalise; normalize_then_sum: normalise each reward per "
                   "group first.", "choices": ["sum", "normalize_then_sum"]},
     )
-    on_reward_error: str = field(
+    reward_on_error: str = field(
         default="fail",
         metadata={"help": "fail: stop on a raising/NaN/inf reward; drop: score None for those rows (counted).",
                   "choices": ["fail", "drop"]},

@@ -11,6 +11,7 @@ import os
 import sys
 from pathlib import Path
 
+from accelerate import PartialState
 from transformers.trainer_utils import get_last_checkpoint
 from trl import ModelConfig, TrlParser, get_peft_config
 
@@ -76,16 +77,18 @@ def build_policy(script: ScriptArguments, model_args: ModelConfig, output_dir: s
     """Load the policy named by ``model_name_or_path``; ``tiny`` builds and saves a random tiny one."""
     if model_args.model_name_or_path == TINY:
         grid = codec.grid_for(script.resolution) if script.resolution else (8, 8)
-        policy = build_tiny_policy(
-            words=words,
-            codebook_size=codec.codebook_size,
-            grid=grid,
-            hidden_size=script.tiny_hidden_size,
-            num_hidden_layers=script.tiny_num_layers,
-        )
-        # Saved so TRL can rebuild a reference model from the path when beta > 0.
+        # Saved (by the main process) so TRL can rebuild a reference model from the path when beta > 0.
         init_dir = Path(output_dir) / "init-policy"
-        policy.save(init_dir)
+        state = PartialState()
+        with state.main_process_first():
+            if state.is_main_process:
+                build_tiny_policy(
+                    words=words,
+                    codebook_size=codec.codebook_size,
+                    grid=grid,
+                    hidden_size=script.tiny_hidden_size,
+                    num_hidden_layers=script.tiny_num_layers,
+                ).save(init_dir)
         return load_policy(init_dir, dtype=model_args.dtype)
     grid = codec.grid_for(script.resolution) if script.resolution else None
     return load_policy(model_args.model_name_or_path, dtype=model_args.dtype, grid=grid)
@@ -113,7 +116,7 @@ def build_trainer(script: ScriptArguments, args: ImageGRPOConfig, model_args: Mo
                         seed=args.seed)
         if script.eval_prompts else None
     )
-    reward_suite = build_rewards(args.rewards)
+    reward_suite = build_rewards(args.rewards, device=PartialState().device, aggregation=args.reward_aggregation)
     reward_suite.validate_columns(set(train.column_names))
     codec = build_codec_for(script)
     policy = build_policy(script, model_args, args.output_dir, codec, caption_words(train, evaluation))
@@ -144,12 +147,22 @@ def resolve_resume(args: ImageGRPOConfig) -> str | None:
     return value
 
 
+def finish_wandb(args: ImageGRPOConfig) -> None:
+    """Close the wandb run so offline run folders are complete when ``run`` returns."""
+    if args.report_to and "wandb" in args.report_to:
+        import wandb
+
+        if wandb.run is not None:
+            wandb.finish()
+
+
 def run(script: ScriptArguments, args: ImageGRPOConfig, model_args: ModelConfig):
     """Train and save the final policy to ``output_dir``; returns the trainer."""
     resume = resolve_resume(args)
     trainer = build_trainer(script, args, model_args)
     trainer.train(resume_from_checkpoint=resume)
     trainer.save_model(args.output_dir)
+    finish_wandb(args)
     if trainer.accelerator.is_main_process:
         logger.info("GRPO finished: metrics, reward_curve.png and samples/ are in %s", args.output_dir)
     return trainer

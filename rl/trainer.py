@@ -90,7 +90,7 @@ class ImageGRPOTrainer(GRPOTrainer):
             )
         super().__init__(
             model=policy.model,
-            reward_funcs=rewards.trl_reward_funcs(on_error=args.on_reward_error),
+            reward_funcs=rewards.trl_reward_funcs(on_error=args.reward_on_error),
             args=args,
             train_dataset=train_dataset,
             eval_dataset=eval_dataset,
