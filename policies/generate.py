@@ -18,7 +18,7 @@ import torch
 from PIL import Image, ImageDraw
 from tqdm.auto import tqdm
 
-from .codecs import PaletteCodec, VisualCodec, build_codec, check_codec_matches
+from .codecs import PaletteCodec, VisualCodec, available_codecs, build_codec, check_codec_matches
 from .guidance import SamplingConfig
 from .loading import Policy, check_model_folder, load_policy, resolve_dtype
 from .sampler import sample_images
@@ -32,9 +32,13 @@ DEMO_PROMPTS = ("a red square on a blue background", "two yellow circles", "a gr
 
 def build_parser() -> argparse.ArgumentParser:
     """The command's flags (``simplear-rl generate --help``)."""
-    p = argparse.ArgumentParser(prog="simplear-rl generate", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(
+        prog="simplear-rl generate",
+        description="Sample images from a policy with classifier-free guidance.",
+        epilog=__doc__.split("\n\n", 1)[1],
+    )
     p.add_argument("--model", help="local policy checkpoint folder; omit to run the tiny default (random weights)")
-    p.add_argument("--codec", default=None, help="palette | cosmos (default: palette for the tiny default, else cosmos)")
+    p.add_argument("--codec", choices=available_codecs(), help="default: palette for the tiny default, else cosmos")
     p.add_argument("--codec_path", help="local codec folder (cosmos: holds encoder.jit and decoder.jit)")
     p.add_argument("--prompts", nargs="+", default=[], help="captions, one image set per caption")
     p.add_argument("--prompts_file", help="a .txt file (one caption per line) or a .jsonl file with a 'prompt' key")
