@@ -7,7 +7,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    GenerationConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    PreTrainedTokenizerFast,
+)
 
 from .vocab import SIMPLEAR_SPECIAL_TOKENS, VisualVocab, check_model_vocab
 
@@ -86,6 +93,18 @@ def check_model_folder(path: str | Path, what: str = "policy checkpoint") -> Pat
     return folder
 
 
+def load_tokenizer(folder: Path) -> PreTrainedTokenizerBase:
+    """The tokenizer exactly as saved in ``folder``.
+
+    transformers 5 maps every ``qwen2`` folder to ``Qwen2Tokenizer``, which rebuilds a byte-level
+    BPE pipeline around the saved vocabulary (silently dropping words of a word-level tokenizer such
+    as the tiny policies') and appends ``<|endoftext|>``; ``tokenizer.json`` holds the real pipeline.
+    """
+    if (folder / "tokenizer.json").exists():
+        return PreTrainedTokenizerFast.from_pretrained(folder)
+    return AutoTokenizer.from_pretrained(folder)
+
+
 def recover_vocab(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -133,7 +152,7 @@ def load_policy(
     folder = check_model_folder(path)
     device = torch.device(device or "cpu")
     torch_dtype = resolve_dtype(dtype, device)
-    tokenizer = AutoTokenizer.from_pretrained(folder)
+    tokenizer = load_tokenizer(folder)
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch_dtype).to(device)
     model.eval()
     model.generation_config = GenerationConfig()
@@ -182,7 +201,7 @@ def extend_llm(
     """A fresh policy for pretraining from a local Qwen2 LLM folder (e.g. Qwen2.5-0.5B-Instruct)."""
     folder = check_model_folder(path, what="LLM")
     device = torch.device(device or "cpu")
-    tokenizer = AutoTokenizer.from_pretrained(folder)
+    tokenizer = load_tokenizer(folder)
     if any(t in tokenizer.get_vocab() for t in SIMPLEAR_SPECIAL_TOKENS):
         raise ValueError(
             f"{str(folder)!r} already has SimpleAR special tokens; load it with `load_policy` instead of extending it"

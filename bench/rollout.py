@@ -1,0 +1,271 @@
+"""Rollout benchmark: our CFG sampler vs transformers ``generate()`` CFG vs a plain two-forward loop.
+
+Same model (random weights, built in code), same prompts, same grid, same CFG scale, measured in
+one run with warm-up and interleaved repeats. Reported: image tokens per second, seconds per image,
+the speed-up of ours over each baseline, and peak memory above the model's own footprint (peak RSS
+on CPU, ``torch.cuda.max_memory_allocated`` on CUDA).
+
+    python bench/rollout.py                      # CPU: 215,672-row vocab, 4 layers, hidden 256, 16x16, 8 prompts
+    python bench/rollout.py --device cuda --size 0.5b --grid 64 --batch 1,16 --methods ours
+
+The baselines:
+  hf-generate  ``model.generate(guidance_scale=s, negative_prompt_ids=...)``: transformers runs the
+               negative prompt as a second forward per step inside UnbatchedClassifierFreeGuidance-
+               LogitsProcessor, over the full vocabulary; a logits processor masks the text ids.
+  plain-loop   SimpleAR's HF path: cond and uncond as two separate forwards per step, each with its
+               own KV cache, full-vocabulary logits, guidance, text ids masked, multinomial sampling.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import json
+import statistics
+import sys
+import threading
+import time
+from pathlib import Path
+
+import torch
+from transformers import DynamicCache, GenerationConfig, LogitsProcessor, Qwen2Config, Qwen2ForCausalLM
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+from policies.guidance import SamplingConfig  # noqa: E402
+from policies.heads import position_ids_from_mask  # noqa: E402
+from policies.sampler import left_pad, sample_images  # noqa: E402
+from policies.vocab import VisualVocab  # noqa: E402
+
+TEXT_VOCAB, CODEBOOK = 151_672, 64_000  # the released SimpleAR layout: 215,672 rows
+T2I, SOI, PAD = 151_665, 151_667, 151_643
+SIZES = {
+    "cpu": dict(hidden_size=256, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2, intermediate_size=1024),
+    # Qwen2.5-0.5B dimensions (the SimpleAR-0.5B backbone).
+    "0.5b": dict(hidden_size=896, num_hidden_layers=24, num_attention_heads=14, num_key_value_heads=2, intermediate_size=4864),
+}
+
+
+def build_model(size: str, device: torch.device, dtype: torch.dtype) -> Qwen2ForCausalLM:
+    """A random-weight Qwen2 with the real 215,672-row vocabulary and a body of the chosen size."""
+    config = Qwen2Config(
+        vocab_size=TEXT_VOCAB + CODEBOOK, tie_word_embeddings=True, use_sliding_window=False,
+        max_position_embeddings=32_768, rope_theta=1_000_000.0, **SIZES[size],
+    )
+    torch.manual_seed(0)
+    model = Qwen2ForCausalLM(config).to(device=device, dtype=dtype).eval()
+    model.generation_config = GenerationConfig()  # no text-chat defaults
+    return model
+
+
+def make_prompts(batch: int) -> tuple[list[list[int]], list[int]]:
+    """``batch`` templated prompts of different lengths (random text ids) and the shared uncond prompt."""
+    gen = torch.Generator().manual_seed(1)
+    prompts = []
+    for i in range(batch):
+        caption = torch.randint(1_000, 150_000, (12 + (7 * i) % 24,), generator=gen).tolist()
+        prompts.append([T2I, *caption, SOI])
+    return prompts, [T2I, SOI]
+
+
+# ----------------------------------------------------------------------------- the three samplers
+
+
+def run_ours(model, prompts, uncond, steps_grid, cfg_scale, seed):
+    vocab = VisualVocab(text_vocab_size=TEXT_VOCAB, codebook_size=CODEBOOK, grid=steps_grid)
+    seeds = [seed + i for i in range(len(prompts))]
+    return sample_images(model, vocab, prompts, uncond, SamplingConfig(cfg_scale=cfg_scale), seeds, pad_id=PAD).token_ids
+
+
+class VisualOnly(LogitsProcessor):
+    """Restricts sampling to the visual ids (applied after transformers' CFG processor)."""
+
+    def __call__(self, input_ids, scores):
+        scores[:, :TEXT_VOCAB] = -float("inf")
+        return scores
+
+
+def run_hf_generate(model, prompts, uncond, grid, cfg_scale, seed):
+    device = model.device
+    ids, mask = left_pad(prompts, PAD, device)
+    negative = torch.tensor([uncond] * len(prompts), device=device)
+    steps = grid[0] * grid[1]
+    torch.manual_seed(seed)
+    out = model.generate(
+        input_ids=ids, attention_mask=mask, negative_prompt_ids=negative,
+        negative_prompt_attention_mask=torch.ones_like(negative), guidance_scale=cfg_scale,
+        do_sample=True, temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=steps, min_new_tokens=steps,
+        logits_processor=[VisualOnly()], pad_token_id=PAD, eos_token_id=None,
+    )
+    return out[:, ids.size(1) :]
+
+
+def run_plain_loop(model, prompts, uncond, grid, cfg_scale, seed):
+    device = model.device
+    gen = torch.Generator(device).manual_seed(seed)
+    batch, steps = len(prompts), grid[0] * grid[1]
+    ids, mask = left_pad(prompts, PAD, device)
+    pos = position_ids_from_mask(mask)
+    u_ids = torch.tensor([uncond] * batch, device=device)
+    cond_cache, uncond_cache = DynamicCache(), DynamicCache()
+    cond = model(ids, attention_mask=mask, position_ids=pos, past_key_values=cond_cache, logits_to_keep=1)
+    unc = model(u_ids, past_key_values=uncond_cache, logits_to_keep=1)
+    pos, u_len, tokens = pos[:, -1:], u_ids.size(1), []
+    for _ in range(steps):
+        c = cond.logits[:, -1].float().log_softmax(-1)
+        u = unc.logits[:, -1].float().log_softmax(-1)
+        guided = u + cfg_scale * (c - u)
+        guided[:, :TEXT_VOCAB] = -float("inf")
+        token = torch.multinomial(guided.softmax(-1), 1, generator=gen)
+        tokens.append(token)
+        pos, mask, u_len = pos + 1, torch.cat([mask, mask.new_ones(batch, 1)], 1), u_len + 1
+        cond = model(token, attention_mask=mask, position_ids=pos, past_key_values=cond_cache)
+        unc = model(token, past_key_values=uncond_cache)
+    return torch.cat(tokens, dim=1)
+
+
+METHODS = {"ours": run_ours, "hf-generate": run_hf_generate, "plain-loop": run_plain_loop}
+
+
+# ----------------------------------------------------------------------------- measuring
+
+
+class PeakMemory:
+    """Peak memory above the level at entry: CUDA allocator stats, or RSS polled every 2 ms on CPU."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.peak = 0
+
+    @staticmethod
+    def _rss() -> int:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * 4096
+
+    def _poll(self):
+        while not self._stop.is_set():
+            self._max = max(self._max, self._rss())
+            time.sleep(0.002)
+
+    def __enter__(self):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            self._base = torch.cuda.memory_allocated()
+        else:
+            try:  # hand freed heap back to the OS so one method's leftovers do not hide the next one's peak
+                ctypes.CDLL("libc.so.6").malloc_trim(0)
+            except OSError:
+                pass
+            self._base = self._max = self._rss()
+            self._stop = threading.Event()
+            self._thread = threading.Thread(target=self._poll, daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+            self.peak = torch.cuda.max_memory_allocated() - self._base
+        else:
+            self._stop.set()
+            self._thread.join()
+            self.peak = max(self._max, self._rss()) - self._base
+
+
+def timed(fn, model, prompts, uncond, grid, cfg_scale, seed) -> tuple[float, int, torch.Tensor]:
+    with PeakMemory(model.device) as mem, torch.no_grad():
+        start = time.perf_counter()
+        tokens = fn(model, prompts, uncond, grid, cfg_scale, seed)
+        if model.device.type == "cuda":
+            torch.cuda.synchronize()
+        seconds = time.perf_counter() - start
+    expected = (len(prompts), grid[0] * grid[1])
+    if tuple(tokens.shape) != expected or not bool(((tokens >= TEXT_VOCAB) & (tokens < TEXT_VOCAB + CODEBOOK)).all()):
+        raise AssertionError(f"{fn.__name__} returned {tuple(tokens.shape)} tokens (expected {expected}) or text ids")
+    return seconds, mem.peak, tokens
+
+
+def bench_batch(model, methods, batch, grid, cfg_scale, repeats) -> list[dict]:
+    prompts, uncond = make_prompts(batch)
+    for name in methods:  # warm-up: kernels, allocator, thread pools
+        timed(METHODS[name], model, prompts, uncond, (2, 2), cfg_scale, seed=0)
+    times = {name: [] for name in methods}
+    peaks = {name: 0 for name in methods}
+    for r in range(repeats):  # interleaved so that drifting machine load hits every method alike
+        for name in methods:
+            seconds, peak, _ = timed(METHODS[name], model, prompts, uncond, grid, cfg_scale, seed=r)
+            times[name].append(seconds)
+            peaks[name] = max(peaks[name], peak)
+    tokens = batch * grid[0] * grid[1]
+    rows = []
+    for name in methods:
+        best = min(times[name])
+        rows.append({
+            "method": name, "batch": batch, "grid": list(grid), "seconds_best": best,
+            "seconds_median": statistics.median(times[name]), "tokens_per_s": tokens / best,
+            "seconds_per_image": best / batch, "images_per_s": batch / best, "peak_mem_mb": peaks[name] / 2**20,
+        })
+    if "ours" in methods:
+        ours = min(times["ours"])
+        for row in rows:
+            row["ours_speedup"] = row["seconds_best"] / ours
+    return rows
+
+
+def markdown(rows: list[dict], device: str) -> str:
+    mem = "peak GPU mem over weights (MB)" if device == "cuda" else "peak RSS over baseline (MB)"
+    lines = [
+        f"| method | batch | grid | tokens/s | s/image | images/s | ours is × faster | {mem} |",
+        "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in rows:
+        speedup = f"{r['ours_speedup']:.2f}" if "ours_speedup" in r else "–"
+        lines.append(
+            f"| {r['method']} | {r['batch']} | {r['grid'][0]}×{r['grid'][1]} | {r['tokens_per_s']:.0f} | "
+            f"{r['seconds_per_image']:.3f} | {r['images_per_s']:.2f} | {speedup} | {r['peak_mem_mb']:.0f} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--size", choices=sorted(SIZES), default="cpu", help="model body: cpu (4 layers, hidden 256) or 0.5b")
+    p.add_argument("--dtype", default=None, help="default: float32 on CPU, bfloat16 on CUDA")
+    p.add_argument("--grid", type=int, default=16, help="side of the square token grid")
+    p.add_argument("--batch", default="8", help="comma-separated numbers of prompts, e.g. 1,16")
+    p.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated subset of {', '.join(METHODS)}")
+    p.add_argument("--cfg_scale", type=float, default=6.0)
+    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--json", help="also write the rows to this JSON file")
+    args = p.parse_args(argv)
+
+    device = torch.device(args.device)
+    dtype = getattr(torch, args.dtype) if args.dtype else (torch.bfloat16 if device.type == "cuda" else torch.float32)
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = set(methods) - set(METHODS)
+    if unknown:
+        p.error(f"unknown methods {sorted(unknown)}; choose from {', '.join(METHODS)}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model = build_model(args.size, device, dtype)
+    params = sum(t.numel() for t in model.parameters())
+    env = {
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
+        "size": args.size, "dtype": str(dtype).removeprefix("torch."), "params": params, "vocab": TEXT_VOCAB + CODEBOOK,
+        "cfg_scale": args.cfg_scale, "repeats": args.repeats, "torch": torch.__version__,
+    }
+    print(f"# rollout benchmark: {json.dumps(env)}", flush=True)
+    rows = []
+    for batch in (int(b) for b in args.batch.split(",")):
+        rows += bench_batch(model, methods, batch, (args.grid, args.grid), args.cfg_scale, args.repeats)
+    print(markdown(rows, device.type))
+    if args.json:
+        Path(args.json).write_text(json.dumps({"env": env, "rows": rows}, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,213 @@
+"""``simplear-rl generate``: sample images from a policy with classifier-free guidance.
+
+With no ``--model`` it runs the tiny default (random weights, palette codec) so a new user sees the
+whole path work without any checkpoint. Every image's seed is recorded in ``metadata.jsonl``;
+``--prompts "<prompt>" --seed <seed> --num_images 1`` (same settings) reproduces it alone, because
+each row draws from its own seeded stream.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from PIL import Image, ImageDraw
+from tqdm.auto import tqdm
+
+from .codecs import PaletteCodec, VisualCodec, available_codecs, build_codec, check_codec_matches
+from .guidance import SamplingConfig
+from .loading import Policy, check_model_folder, load_policy, resolve_dtype
+from .sampler import sample_images
+from .tiny import build_tiny_policy
+
+SIMPLEAR_CFG_SCALE = 6.0
+#: The tiny default has random weights; a mild scale keeps its samples varied.
+TINY_CFG_SCALE = 3.0
+DEMO_PROMPTS = ("a red square on a blue background", "two yellow circles", "a green triangle in the center")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command's flags (``simplear-rl generate --help``)."""
+    p = argparse.ArgumentParser(
+        prog="simplear-rl generate",
+        description="Sample images from a policy with classifier-free guidance.",
+        epilog=__doc__.split("\n\n", 1)[1],
+    )
+    p.add_argument("--model", help="local policy checkpoint folder; omit to run the tiny default (random weights)")
+    p.add_argument("--codec", choices=available_codecs(), help="default: palette for the tiny default, else cosmos")
+    p.add_argument("--codec_path", help="local codec folder (cosmos: holds encoder.jit and decoder.jit)")
+    p.add_argument("--prompts", nargs="+", default=[], help="captions, one image set per caption")
+    p.add_argument("--prompts_file", help="a .txt file (one caption per line) or a .jsonl file with a 'prompt' key")
+    p.add_argument("--num_images", type=int, default=1, help="images per prompt")
+    p.add_argument("--cfg_scale", type=float, default=None, help=f"guidance scale (default {SIMPLEAR_CFG_SCALE}; tiny default {TINY_CFG_SCALE})")
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--top_k", type=int, default=0, help="0 = the whole codebook")
+    p.add_argument("--top_p", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the first image; image k of the run uses seed + k")
+    p.add_argument("--batch_size", type=int, default=8, help="images sampled together")
+    p.add_argument("--resolution", type=int, help="square image size in pixels (default: the policy's grid)")
+    p.add_argument("--prompt_prefix", default=None, help="text before every caption (default: the policy's)")
+    p.add_argument("--uncond_prompt", default=None, help="negative prompt text (default: the caption-dropped template)")
+    p.add_argument("--device", default=None, help="default: cuda when available, else cpu")
+    p.add_argument("--dtype", default="auto", help="auto (bf16 on CUDA, fp32 on CPU), bfloat16, float16, float32")
+    p.add_argument("--out", required=True, help="output folder for PNGs, grid.png and metadata.jsonl")
+    return p
+
+
+def read_prompts_file(path: str | Path) -> list[str]:
+    """Captions from a ``.txt`` (one per non-blank line) or ``.jsonl`` (objects with ``prompt``) file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"prompts file {str(path)!r} does not exist")
+    lines = [(n, line.strip()) for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)]
+    lines = [(n, line) for n, line in lines if line]
+    if path.suffix != ".jsonl":
+        return [line for _, line in lines]
+    prompts = []
+    for n, line in lines:
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path}:{n}: not valid JSON ({err.msg}); each line must be an object with 'prompt'") from None
+        if not isinstance(record, dict) or not isinstance(record.get("prompt"), str):
+            raise ValueError(f"{path}:{n}: expected an object with a string 'prompt', got {line[:80]!r}")
+        prompts.append(record["prompt"])
+    return prompts
+
+
+@dataclass
+class Setup:
+    """What a run samples with: the policy, its codec, the grid and the sampling settings."""
+
+    policy: Policy
+    codec: VisualCodec
+    grid: tuple[int, int]
+    config: SamplingConfig
+    uncond_text: str
+
+
+def build_setup(args: argparse.Namespace, log) -> Setup:
+    """Load (or build) the policy and the codec, and check that they fit together."""
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dtype = resolve_dtype(args.dtype, device)
+    if args.model is None:
+        log("no --model given: using the tiny default policy with RANDOM weights and the palette codec "
+            "(images will look like coloured noise; pass --model PATH for a trained checkpoint)")
+        if args.codec not in (None, "palette"):
+            raise ValueError(f"the tiny default policy only works with the palette codec, not {args.codec!r}")
+        policy = build_tiny_policy()
+        policy.model.to(device=device, dtype=dtype)
+        codec: VisualCodec = PaletteCodec()
+        default_cfg = TINY_CFG_SCALE
+    else:
+        codec = build_codec(args.codec or "cosmos", path=args.codec_path, device=device, dtype=None if args.dtype == "auto" else args.dtype)
+        policy = load_policy(args.model, dtype=dtype, device=device)
+        default_cfg = SIMPLEAR_CFG_SCALE
+    vocab = policy.vocab
+    if args.prompt_prefix is not None:
+        vocab = vocab.replace(prompt_prefix=args.prompt_prefix)
+    grid = codec.grid_for(args.resolution) if args.resolution else vocab.grid
+    check_codec_matches(codec, vocab.codebook_size, grid, args.resolution)
+    policy.vocab = vocab.with_grid(grid)
+    config = SamplingConfig(
+        cfg_scale=default_cfg if args.cfg_scale is None else args.cfg_scale,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+    )
+    if args.uncond_prompt is None:
+        uncond_text = vocab.format_uncond()
+    else:  # a negative prompt takes the caption's place in the cond template, without the prefix
+        uncond_text = vocab.replace(prompt_prefix="").format_cond(args.uncond_prompt)
+    return Setup(policy, codec, grid, config, uncond_text)
+
+
+def to_pil(pixels: torch.Tensor) -> list[Image.Image]:
+    """``[B,3,H,W]`` in ``[-1,1]`` to RGB images."""
+    array = ((pixels.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    return [Image.fromarray(a) for a in array]
+
+
+def save_grid(images: list[list[Image.Image]], captions: list[str], path: Path, min_cell: int = 128, gap: int = 4) -> None:
+    """One row per prompt, its caption above it; small images are upscaled (nearest) to ``min_cell``."""
+    w, h = images[0][0].size
+    scale = max(1, -(-min_cell // max(w, h)))
+    cell_w, cell_h, text_h = w * scale, h * scale, 16
+    cols = max(len(row) for row in images)
+    width = cols * (cell_w + gap) - gap
+    sheet = Image.new("RGB", (width, len(images) * (cell_h + text_h + gap)), "white")
+    draw = ImageDraw.Draw(sheet)
+    limit = max(4, width // 6)  # about 6 px per character of the default font
+    for r, (row, caption) in enumerate(zip(images, captions)):
+        top = r * (cell_h + text_h + gap)
+        draw.text((2, top + 2), caption if len(caption) <= limit else caption[: limit - 1] + "…", fill="black")
+        for c, image in enumerate(row):
+            sheet.paste(image.resize((cell_w, cell_h), Image.NEAREST), (c * (cell_w + gap), top + text_h))
+    sheet.save(path)
+
+
+def generate(args: argparse.Namespace, captions: list[str], setup: Setup, out: Path) -> list[dict]:
+    """Sample ``num_images`` per caption in batches; write PNGs, ``grid.png`` and ``metadata.jsonl``."""
+    policy, codec = setup.policy, setup.codec
+    jobs = [(i, s, args.seed + i * args.num_images + s) for i in range(len(captions)) for s in range(args.num_images)]
+    uncond_ids = policy.encode_text(setup.uncond_text)
+    rows: list[list[Image.Image]] = [[] for _ in captions]
+    records = []
+    resolution = list(codec.resolution_for(setup.grid))
+    settings = {
+        "cfg_scale": setup.config.cfg_scale, "temperature": setup.config.temperature, "top_k": setup.config.top_k,
+        "top_p": setup.config.top_p, "prompt_prefix": policy.vocab.prompt_prefix, "uncond_prompt": setup.uncond_text,
+        "grid": list(setup.grid), "resolution": resolution, "model": args.model or "tiny-default",
+        "codec": args.codec or ("palette" if args.model is None else "cosmos"),
+    }
+    with tqdm(total=len(jobs), desc="images", unit="img") as bar:
+        for start in range(0, len(jobs), args.batch_size):
+            batch = jobs[start : start + args.batch_size]
+            prompt_ids = policy.encode_prompts([captions[i] for i, _, _ in batch])
+            rollout = sample_images(
+                policy.model, policy.vocab, prompt_ids, uncond_ids, setup.config,
+                seeds=[seed for _, _, seed in batch], pad_id=policy.pad_id, grid=setup.grid,
+            )
+            for (i, s, seed), image in zip(batch, to_pil(codec.decode(rollout.codes))):
+                name = f"{i}_{s}.png"
+                image.save(out / name)
+                rows[i].append(image)
+                records.append({"file": name, "prompt_index": i, "prompt": captions[i], "sample": s, "seed": seed, **settings})
+            bar.update(len(batch))
+    save_grid(rows, captions, out / "grid.png")
+    with open(out / "metadata.jsonl", "w", encoding="utf-8") as f:
+        f.writelines(json.dumps(r) + "\n" for r in records)
+    return records
+
+
+def main(argv: list[str]) -> int:
+    """Entry point of ``simplear-rl generate``; returns the exit status."""
+    args = build_parser().parse_args(argv)
+
+    def log(message: str) -> None:
+        print(f"simplear-rl generate: {message}", file=sys.stderr)
+
+    try:
+        if args.num_images < 1 or args.batch_size < 1:
+            raise ValueError(f"--num_images and --batch_size must be >= 1 (got {args.num_images}, {args.batch_size})")
+        if args.model is not None:
+            check_model_folder(args.model)  # a missing checkpoint is reported before anything loads
+        captions = list(args.prompts) + (read_prompts_file(args.prompts_file) if args.prompts_file else [])
+        if not captions and args.model is None:
+            captions = list(DEMO_PROMPTS)
+            log(f"no prompts given: using {len(captions)} demo prompts")
+        if not captions:
+            raise ValueError("no prompts: give --prompts \"...\" or --prompts_file FILE")
+        setup = build_setup(args, log)
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        records = generate(args, captions, setup, out)
+    except (OSError, ValueError) as err:
+        log(f"error: {err}")
+        return 1
+    log(f"wrote {len(records)} images, grid.png and metadata.jsonl to {out}")
+    return 0
