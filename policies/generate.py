@@ -15,13 +15,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from PIL import Image, ImageDraw
-from tqdm.auto import tqdm
 
 from .codecs import PaletteCodec, VisualCodec, available_codecs, build_codec, check_codec_matches
 from .guidance import SamplingConfig
+from .images import captioned_grid, save_png, to_pil
 from .loading import Policy, check_model_folder, load_policy, resolve_dtype
-from .sampler import sample_images
+from .rendering import render
 from .tiny import build_tiny_policy
 
 SIMPLEAR_CFG_SCALE = 6.0
@@ -126,59 +125,27 @@ def build_setup(args: argparse.Namespace, log) -> Setup:
     return Setup(policy, codec, grid, config, uncond_text)
 
 
-def to_pil(pixels: torch.Tensor) -> list[Image.Image]:
-    """``[B,3,H,W]`` in ``[-1,1]`` to RGB images."""
-    array = ((pixels.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-    return [Image.fromarray(a) for a in array]
-
-
-def save_grid(images: list[list[Image.Image]], captions: list[str], path: Path, min_cell: int = 128, gap: int = 4) -> None:
-    """One row per prompt, its caption above it; small images are upscaled (nearest) to ``min_cell``."""
-    w, h = images[0][0].size
-    scale = max(1, -(-min_cell // max(w, h)))
-    cell_w, cell_h, text_h = w * scale, h * scale, 16
-    cols = max(len(row) for row in images)
-    width = cols * (cell_w + gap) - gap
-    sheet = Image.new("RGB", (width, len(images) * (cell_h + text_h + gap)), "white")
-    draw = ImageDraw.Draw(sheet)
-    limit = max(4, width // 6)  # about 6 px per character of the default font
-    for r, (row, caption) in enumerate(zip(images, captions)):
-        top = r * (cell_h + text_h + gap)
-        draw.text((2, top + 2), caption if len(caption) <= limit else caption[: limit - 1] + "…", fill="black")
-        for c, image in enumerate(row):
-            sheet.paste(image.resize((cell_w, cell_h), Image.NEAREST), (c * (cell_w + gap), top + text_h))
-    sheet.save(path)
-
-
 def generate(args: argparse.Namespace, captions: list[str], setup: Setup, out: Path) -> list[dict]:
     """Sample ``num_images`` per caption in batches; write PNGs, ``grid.png`` and ``metadata.jsonl``."""
     policy, codec = setup.policy, setup.codec
     jobs = [(i, s, args.seed + i * args.num_images + s) for i in range(len(captions)) for s in range(args.num_images)]
-    uncond_ids = policy.encode_text(setup.uncond_text)
-    rows: list[list[Image.Image]] = [[] for _ in captions]
-    records = []
-    resolution = list(codec.resolution_for(setup.grid))
     settings = {
         "cfg_scale": setup.config.cfg_scale, "temperature": setup.config.temperature, "top_k": setup.config.top_k,
         "top_p": setup.config.top_p, "prompt_prefix": policy.vocab.prompt_prefix, "uncond_prompt": setup.uncond_text,
-        "grid": list(setup.grid), "resolution": resolution, "model": args.model or "tiny-default",
-        "codec": args.codec or ("palette" if args.model is None else "cosmos"),
+        "grid": list(setup.grid), "resolution": list(codec.resolution_for(setup.grid)),
+        "model": args.model or "tiny-default", "codec": args.codec or ("palette" if args.model is None else "cosmos"),
     }
-    with tqdm(total=len(jobs), desc="images", unit="img") as bar:
-        for start in range(0, len(jobs), args.batch_size):
-            batch = jobs[start : start + args.batch_size]
-            prompt_ids = policy.encode_prompts([captions[i] for i, _, _ in batch])
-            rollout = sample_images(
-                policy.model, policy.vocab, prompt_ids, uncond_ids, setup.config,
-                seeds=[seed for _, _, seed in batch], pad_id=policy.pad_id, grid=setup.grid,
-            )
-            for (i, s, seed), image in zip(batch, to_pil(codec.decode(rollout.codes))):
-                name = f"{i}_{s}.png"
-                image.save(out / name)
-                rows[i].append(image)
-                records.append({"file": name, "prompt_index": i, "prompt": captions[i], "sample": s, "seed": seed, **settings})
-            bar.update(len(batch))
-    save_grid(rows, captions, out / "grid.png")
+    images = render(
+        policy, codec, [captions[i] for i, _, _ in jobs], [seed for _, _, seed in jobs], setup.config,
+        uncond_ids=policy.encode_text(setup.uncond_text), grid=setup.grid, batch_size=args.batch_size,
+    )
+    records = []
+    for (i, s, seed), image in zip(jobs, images):
+        name = f"{i}_{s}.png"
+        to_pil(image).save(out / name)
+        records.append({"file": name, "prompt_index": i, "prompt": captions[i], "sample": s, "seed": seed, **settings})
+    grid_captions = [captions[i] if s == 0 else "" for i, s, _ in jobs]
+    save_png(captioned_grid(images, grid_captions, ncol=args.num_images), out / "grid.png")
     with open(out / "metadata.jsonl", "w", encoding="utf-8") as f:
         f.writelines(json.dumps(r) + "\n" for r in records)
     return records

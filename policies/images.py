@@ -26,6 +26,7 @@ def captioned_grid(
     ncol: int | None = None,
     min_cell: int = 128,
     caption_lines: int = 3,
+    gap: int = 4,
 ) -> Image.Image:
     """A grid of ``[3, H, W]`` images in ``[0, 1]`` with a wrapped caption under each cell.
 
@@ -47,10 +48,11 @@ def captioned_grid(
     chars = max(8, cell_w // 6)
     line_h = 12
     text_h = line_h * caption_lines + 4 if any(captions) else 0
-    grid = Image.new("RGB", (ncol * cell_w, nrow * (cell_h + text_h)), "white")
+    step_x, step_y = cell_w + gap, cell_h + text_h + gap
+    grid = Image.new("RGB", (ncol * step_x - gap, nrow * step_y - gap), "white")
     draw = ImageDraw.Draw(grid)
     for i, (image, caption) in enumerate(zip(images, captions)):
-        x, y = (i % ncol) * cell_w, (i // ncol) * (cell_h + text_h)
+        x, y = (i % ncol) * step_x, (i // ncol) * step_y
         grid.paste(to_pil(image).resize((cell_w, cell_h), Image.NEAREST), (x, y))
         lines = textwrap.wrap(caption, chars)[:caption_lines]
         for j, line in enumerate(lines):

@@ -1,0 +1,47 @@
+"""Captions in, decoded images out: batched CFG sampling followed by the codec's decoder."""
+
+from __future__ import annotations
+
+import torch
+from tqdm.auto import tqdm
+
+from .codecs import VisualCodec
+from .guidance import SamplingConfig
+from .images import to_unit
+from .loading import Policy
+from .sampler import sample_images
+
+
+@torch.no_grad()
+def render(
+    policy: Policy,
+    codec: VisualCodec,
+    captions: list[str],
+    seeds: list[int],
+    config: SamplingConfig,
+    uncond_ids: list[int] | None = None,
+    grid: tuple[int, int] | None = None,
+    batch_size: int = 8,
+    desc: str | None = "images",
+) -> torch.Tensor:
+    """Sample one image per ``(caption, seed)`` pair in batches; returns ``[N,3,H,W]`` in ``[0,1]`` on CPU.
+
+    Each image depends only on its caption and seed, never on the batch it was drawn in.
+    ``uncond_ids`` defaults to the policy's unconditional template.
+    """
+    if len(captions) != len(seeds):
+        raise ValueError(f"{len(captions)} captions but {len(seeds)} seeds: one seed per image")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    uncond_ids = uncond_ids if uncond_ids is not None else policy.encode_uncond()
+    images = []
+    with tqdm(total=len(captions), desc=desc, unit="img", disable=desc is None) as bar:
+        for start in range(0, len(captions), batch_size):
+            batch = slice(start, start + batch_size)
+            rollout = sample_images(
+                policy.model, policy.vocab, policy.encode_prompts(captions[batch]), uncond_ids, config,
+                seeds=seeds[batch], pad_id=policy.pad_id, grid=grid,
+            )
+            images.append(to_unit(codec.decode(rollout.codes)).cpu())
+            bar.update(len(rollout.codes))
+    return torch.cat(images)
