@@ -1,0 +1,67 @@
+"""Visual codecs: pixels <-> grids of discrete codes, selected by name from a recipe.
+
+``codec: palette`` is weight-free (demo and tests); ``codec: cosmos`` with ``codec_path: <folder>``
+loads Cosmos-1.0-Tokenizer-DV8x16x16 from its local TorchScript files.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from .base import VisualCodec, check_codec_matches
+from .cosmos import CosmosCodec
+from .fsq import FSQ
+from .palette import PaletteCodec
+
+__all__ = [
+    "CosmosCodec",
+    "FSQ",
+    "PaletteCodec",
+    "VisualCodec",
+    "available_codecs",
+    "build_codec",
+    "check_codec_matches",
+]
+
+
+def _build_palette(path, device, dtype, **kwargs) -> VisualCodec:
+    if path is not None:
+        raise ValueError(f"codec: palette is weight-free and takes no codec_path (got {path!r}); remove codec_path.")
+    return PaletteCodec(**kwargs)
+
+
+def _build_cosmos(path, device, dtype, **kwargs) -> VisualCodec:
+    if path is None:
+        raise ValueError(
+            "codec_path is required when codec: cosmos; set it to a local Cosmos-1.0-Tokenizer-DV8x16x16 "
+            "folder holding encoder.jit and decoder.jit."
+        )
+    return CosmosCodec(path, device=device, dtype=dtype, **kwargs)
+
+
+_BUILDERS: dict[str, Callable[..., VisualCodec]] = {"palette": _build_palette, "cosmos": _build_cosmos}
+
+
+def available_codecs() -> tuple[str, ...]:
+    """Names accepted by :func:`build_codec` (the recipe's ``codec:`` key)."""
+    return tuple(sorted(_BUILDERS))
+
+
+def build_codec(
+    name: str,
+    path: str | Path | None = None,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | str | None = None,
+    **kwargs: Any,
+) -> VisualCodec:
+    """Build the codec a recipe names (``codec``, ``codec_path``); ``kwargs`` go to its constructor.
+
+    The palette codec ignores ``device`` and ``dtype`` (it follows its inputs' device).
+    """
+    builder = _BUILDERS.get(str(name).strip().lower())
+    if builder is None:
+        raise ValueError(f"unknown codec {name!r}; known codecs: {', '.join(available_codecs())}")
+    return builder(path, device, dtype, **kwargs)
