@@ -111,9 +111,17 @@ def read_cache_info(path: str | Path) -> CacheInfo:
 def load_cache(path: str | Path) -> tuple[datasets.Dataset, CacheInfo]:
     """The cache's rows and info; refuses an empty cache or rows whose length is not ``h*w``."""
     info = read_cache_info(path)
-    rows = datasets.load_from_disk(str(Path(path).expanduser()))
+    folder = Path(path).expanduser()
+    empty = CacheError(f"token cache {str(folder)!r} is empty; its {SKIPPED_FILE} says why pictures were skipped")
+    try:
+        rows = datasets.load_from_disk(str(folder))
+    except Exception as exc:  # datasets cannot even open a folder saved with zero rows
+        state = folder / "state.json"
+        if state.exists() and not json.loads(state.read_text()).get("_data_files"):
+            raise empty from exc
+        raise CacheError(f"token cache {str(folder)!r} is unreadable ({type(exc).__name__}: {exc}); re-extract it") from exc
     if len(rows) == 0:
-        raise CacheError(f"token cache {str(path)!r} is empty; check its {SKIPPED_FILE} for why every picture was skipped")
+        raise empty
     lengths = set(len(c) for c in rows.select(range(min(len(rows), 8)))["codes"])
     if lengths != {info.num_image_tokens}:
         raise CacheError(
@@ -203,6 +211,8 @@ def publish_cache(dataset: datasets.Dataset, info: CacheInfo, out: str | Path, s
     deleted. ``dataset`` may be memory-mapped from the old cache: its files stay readable until
     the end.
     """
+    if len(dataset) == 0:
+        raise CacheError(f"refusing to publish an empty token cache at {out}")
     out = Path(out).expanduser().resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
     token = uuid.uuid4().hex[:8]
