@@ -36,12 +36,17 @@ class StageArguments:
     loss_on_text: bool = field(default=False, metadata={"help": "also train on the prompt tokens"})
     loss_chunk_size: int = field(default=256, metadata={"help": "positions per chunk of visual logits in the loss"})
     max_train_samples: int | None = field(default=None, metadata={"help": "use only the first N cache rows"})
+    num_threads: int | None = field(
+        default=None, metadata={"help": "torch intra-op CPU threads; 1 is fastest for tiny models on a shared CPU"}
+    )
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.p_drop_cond <= 1.0:
             raise ValueError(f"p_drop_cond must be in [0, 1], got {self.p_drop_cond}")
         if self.loss_chunk_size < 1:
             raise ValueError(f"loss_chunk_size must be >= 1, got {self.loss_chunk_size}")
+        if self.num_threads is not None and self.num_threads < 1:
+            raise ValueError(f"num_threads must be >= 1, got {self.num_threads}")
 
 
 @dataclass

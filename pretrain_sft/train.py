@@ -21,6 +21,8 @@ import shutil
 import sys
 from pathlib import Path
 
+import torch
+
 from .cache import CacheError, check_cache_resolution, load_cache, read_cache_info
 from .config import STAGES, PolicyArguments, StageArguments, StageTrainingArguments
 from .policy_init import check_start_path, init_policy
@@ -111,6 +113,8 @@ def run(stage_args: StageArguments, policy_args: PolicyArguments, training_args:
             "loss does not support; launch one process per GPU with `accelerate launch` instead"
         )
 
+    if stage_args.num_threads:
+        torch.set_num_threads(stage_args.num_threads)
     rows = load_cache(stage_args.cache)[0].select_columns(list(_TEXT_COLUMNS))
     if stage_args.max_train_samples:
         rows = rows.select(range(min(stage_args.max_train_samples, len(rows))))
