@@ -204,6 +204,12 @@ def merge_parts(parts: list[datasets.Dataset]) -> datasets.Dataset:
     return merged if len(keep) == len(merged) else merged.select(keep)
 
 
+def check_replaceable(out: Path) -> None:
+    """Refuse an output folder that exists, is not empty and is not a token cache (it would be replaced)."""
+    if out.exists() and not (out / INFO_FILE).exists() and any(out.iterdir()):
+        raise CacheError(f"{out} exists and is not a token cache; choose a new folder for the cache (it would be replaced)")
+
+
 def publish_cache(dataset: datasets.Dataset, info: CacheInfo, out: str | Path, skipped: list[dict]) -> Path:
     """Write a complete cache to a temporary sibling of ``out`` and swap it into place.
 
@@ -214,6 +220,7 @@ def publish_cache(dataset: datasets.Dataset, info: CacheInfo, out: str | Path, s
     if len(dataset) == 0:
         raise CacheError(f"refusing to publish an empty token cache at {out}")
     out = Path(out).expanduser().resolve()
+    check_replaceable(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     token = uuid.uuid4().hex[:8]
     tmp = out.with_name(f".{out.name}.tmp-{token}")

@@ -28,6 +28,7 @@ from .cache import (
     CacheError,
     CacheInfo,
     cached_ids,
+    check_replaceable,
     load_cache,
     merge_parts,
     publish_cache,
@@ -147,7 +148,7 @@ def merge_into_cache(out: Path, area: WorkArea, info: CacheInfo) -> tuple[int, i
     """Publish old cache + new parts as the new cache; returns ``(rows, skipped)``."""
     parts = area.parts()
     old = [load_cache(out)[0]] if (out / INFO_FILE).exists() and parts else []
-    if not parts and out.exists():  # nothing new was encoded: refresh only the report, atomically
+    if not parts and (out / INFO_FILE).exists():  # nothing new was encoded: refresh only the report, atomically
         encoded = cached_ids(out)
         skipped = _final_skips(area.skipped(), encoded)
         tmp = out / f".{SKIPPED_FILE}.tmp"
@@ -193,6 +194,7 @@ def _extract(args: ExtractArguments) -> Path:
         resolution=args.resolution,
         grid=codec.grid_for(args.resolution),
     )
+    check_replaceable(out)
     if (out / INFO_FILE).exists():
         existing = read_cache_info(out)
         if not existing.same_encoding(info):

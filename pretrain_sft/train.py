@@ -2,7 +2,7 @@
 
     simplear-rl pretrain --config recipes/tiny/pretrain.yaml --cache CACHE --output_dir RUN
     simplear-rl sft --config recipes/tiny/sft.yaml --model_name_or_path RUN --cache CACHE --output_dir RUN2
-    accelerate launch --config_file recipes/accelerate/zero3.yaml -m pretrain_sft.train \\
+    accelerate launch --config_file recipes/accelerate/zero2.yaml -m pretrain_sft.train \\
         --config recipes/simplear_0.5b/sft_1024.yaml       # the recipe's `stage` says which
 
 Pretraining and SFT differ only in recipe values (resolution, learning rate, caption mode). The
@@ -19,11 +19,13 @@ import logging
 import os
 import shutil
 import sys
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import torch
 
-from .cache import CacheError, check_cache_resolution, load_cache, read_cache_info
+from .cache import CacheError, CacheInfo, check_cache_resolution, load_cache, read_cache_info
 from .config import STAGES, PolicyArguments, StageArguments, StageTrainingArguments
 from .policy_init import check_start_path, init_policy
 from .sequences import SequenceBuilder, TokenSequenceDataset, collate_left_padded
@@ -94,16 +96,28 @@ def save_final_model(trainer: VisualLMTrainer, output_dir: str) -> None:
     trainer.accelerator.wait_for_everyone()
 
 
-def run(stage_args: StageArguments, policy_args: PolicyArguments, training_args: StageTrainingArguments) -> Path:
-    """Train one stage; returns the run folder holding the final policy."""
-    info = read_cache_info(stage_args.cache)  # every path is checked before any weight loads
+@contextmanager
+def cpu_threads(count: int | None) -> Iterator[None]:
+    """Run with ``count`` torch intra-op CPU threads (unchanged when ``None``), then restore the old count."""
+    before = torch.get_num_threads()
+    if count:
+        torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def check_before_loading(
+    stage_args: StageArguments, policy_args: PolicyArguments, training_args: StageTrainingArguments
+) -> tuple[CacheInfo, str | bool | None]:
+    """Every path and setting that can be checked without loading weights: ``(cache info, resume)``."""
+    info = read_cache_info(stage_args.cache)
     check_cache_resolution(info, stage_args.resolution)
     if stage_args.eval_cache:
         eval_info = read_cache_info(stage_args.eval_cache)
         if not eval_info.same_encoding(info):
-            raise CacheError(
-                f"eval_cache holds {eval_info.describe()} but cache holds {info.describe()}; they must match"
-            )
+            raise CacheError(f"eval_cache holds {eval_info.describe()} but cache holds {info.describe()}; they must match")
     check_start_path(policy_args)
     resume = resume_target(training_args)
     check_output_dir(training_args.output_dir, resume)
@@ -112,12 +126,25 @@ def run(stage_args: StageArguments, policy_args: PolicyArguments, training_args:
             f"{training_args.n_gpu} GPUs are visible to one process (torch DataParallel), which the visual-slice "
             "loss does not support; launch one process per GPU with `accelerate launch` instead"
         )
+    return info, resume
 
-    if stage_args.num_threads:
-        torch.set_num_threads(stage_args.num_threads)
-    rows = load_cache(stage_args.cache)[0].select_columns(list(_TEXT_COLUMNS))
-    if stage_args.max_train_samples:
-        rows = rows.select(range(min(stage_args.max_train_samples, len(rows))))
+
+def _cache_rows(path: str, limit: int | None = None):
+    rows = load_cache(path)[0].select_columns(list(_TEXT_COLUMNS))
+    return rows.select(range(min(limit, len(rows)))) if limit else rows
+
+
+def _write_run_record(output_dir: str, record: dict) -> None:
+    path = Path(output_dir) / RUN_INFO_FILE
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(record, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def run(stage_args: StageArguments, policy_args: PolicyArguments, training_args: StageTrainingArguments) -> Path:
+    """Train one stage; returns the run folder holding the final policy."""
+    info, resume = check_before_loading(stage_args, policy_args, training_args)
+    rows = _cache_rows(stage_args.cache, stage_args.max_train_samples)
     captions = (c for column in ("caption", "short_caption", "long_caption") for c in rows[column])
     policy = init_policy(policy_args, info, captions, seed=training_args.seed)
     builder = SequenceBuilder(
@@ -136,8 +163,7 @@ def run(stage_args: StageArguments, policy_args: PolicyArguments, training_args:
     train_set = TokenSequenceDataset(rows, builder, seed=training_args.seed)
     eval_set = None
     if stage_args.eval_cache:
-        eval_rows = load_cache(stage_args.eval_cache)[0].select_columns(list(_TEXT_COLUMNS))
-        eval_set = TokenSequenceDataset(eval_rows, builder, seed=training_args.seed)
+        eval_set = TokenSequenceDataset(_cache_rows(stage_args.eval_cache), builder, seed=training_args.seed)
 
     trainer = VisualLMTrainer(
         model=policy.model,
@@ -150,10 +176,11 @@ def run(stage_args: StageArguments, policy_args: PolicyArguments, training_args:
         vocab=policy.vocab,
         loss_chunk_size=stage_args.loss_chunk_size,
     )
-    trainer.train(resume_from_checkpoint=resume)
+    with cpu_threads(stage_args.num_threads):
+        trainer.train(resume_from_checkpoint=resume)
     save_final_model(trainer, training_args.output_dir)
     if trainer.is_world_process_zero():
-        record = {
+        _write_run_record(training_args.output_dir, {
             "stage": stage_args.stage,
             "cache": str(Path(stage_args.cache).resolve()),
             "cache_info": info.to_dict(),
@@ -163,8 +190,7 @@ def run(stage_args: StageArguments, policy_args: PolicyArguments, training_args:
             "p_drop_cond": stage_args.p_drop_cond,
             "loss_on_text": stage_args.loss_on_text,
             "global_step": trainer.state.global_step,
-        }
-        (Path(training_args.output_dir) / RUN_INFO_FILE).write_text(json.dumps(record, indent=2) + "\n")
+        })
     return Path(training_args.output_dir)
 
 

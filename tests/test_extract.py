@@ -143,6 +143,15 @@ def test_rerun_with_other_resolution_is_refused_naming_both_settings(demo, tmp_p
         extract(ExtractArguments(images=str(demo), out=str(out), resolution=32))
 
 
+def test_out_folder_that_is_not_a_cache_is_never_replaced(demo, tmp_path):
+    precious = tmp_path / "photos"
+    precious.mkdir()
+    (precious / "holiday.jpg").write_bytes(b"...")
+    with pytest.raises(CacheError, match="is not a token cache"):
+        extract(_args(demo, precious))
+    assert (precious / "holiday.jpg").exists()
+
+
 def test_failed_publication_leaves_the_old_cache_intact(demo, tmp_path):
     out = extract(_args(demo, tmp_path / "cache"))
     rows, info = load_cache(out)

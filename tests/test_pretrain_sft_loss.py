@@ -12,6 +12,7 @@ from policies.heads import position_ids_from_mask
 from policies.tiny import build_tiny_policy
 from pretrain_sft.loss import next_token_nll_sums
 from pretrain_sft.sequences import SequenceBuilder, collate_left_padded
+from pretrain_sft.train import cpu_threads
 
 CAPTIONS = ["a red square on the left", "two blue bars", "a green circle in the center of the picture"]
 
@@ -19,10 +20,8 @@ CAPTIONS = ["a red square on the left", "two blue bars", "a green circle in the 
 @pytest.fixture(scope="module", autouse=True)
 def one_thread():
     """Tiny models gain nothing from intra-op threads, and on a shared CPU the threads stall on each other."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    with cpu_threads(1):
+        yield
 
 
 @pytest.fixture(scope="module")

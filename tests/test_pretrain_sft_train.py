@@ -18,7 +18,7 @@ from policies.tiny import build_tiny_policy, build_word_tokenizer, tiny_qwen2_co
 from pretrain_sft.cache import INFO_FILE, CacheError, publish_cache, read_cache_info, rows_to_dataset
 from pretrain_sft.demo_data import write_image_folder
 from pretrain_sft.extract import ExtractArguments, extract
-from pretrain_sft.train import main_pretrain, main_sft
+from pretrain_sft.train import cpu_threads, main_pretrain, main_sft
 
 REPO = Path(__file__).resolve().parents[1]
 PRETRAIN = str(REPO / "recipes/tiny/pretrain.yaml")
@@ -28,10 +28,8 @@ SFT = str(REPO / "recipes/tiny/sft.yaml")
 @pytest.fixture(scope="module", autouse=True)
 def one_thread():
     """Tiny models gain nothing from intra-op threads, and on a shared CPU the threads stall on each other."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    with cpu_threads(1):
+        yield
 
 
 @pytest.fixture(scope="module")
