@@ -1,0 +1,104 @@
+"""The policy a pretrain/SFT run starts from, chosen by ``model_name_or_path``.
+
+(a) a SimpleAR / simplear-rl checkpoint (its config records ``simplear_visual_vocab``, or its
+    tokenizer has the SimpleAR special tokens) is loaded with :func:`policies.load_policy`;
+(b) a plain Qwen2 LLM folder is extended with the specials and the codec's codebook
+    (:func:`policies.extend_llm`);
+(c) ``tiny`` builds a small random Qwen2 with a word-level tokenizer over the cache's caption
+    words plus the demo vocabulary (:func:`policies.tiny.build_tiny_policy`).
+
+In every case the policy's grid becomes the cache's grid and its codebook must equal the cache's.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Iterable
+
+from transformers import AutoTokenizer
+from transformers.tokenization_utils_tokenizers import TokenizersBackend
+
+from policies.loading import Policy, check_model_folder, extend_llm, load_policy
+from policies.tiny import build_tiny_policy
+from policies.vocab import CONFIG_KEY, SIMPLEAR_SPECIAL_TOKENS
+
+from .cache import CacheInfo, check_cache_fits
+from .config import PolicyArguments
+from .demo_data import demo_words
+
+TINY = "tiny"
+_WORD = re.compile(r"\w+|[^\w\s]+")  # the word-level tokenizer's pre-tokenisation (Whitespace)
+
+
+def caption_words(captions: Iterable[str]) -> list[str]:
+    """Sorted distinct lower-case words and punctuation runs of ``captions``."""
+    return sorted({w for c in captions for w in _WORD.findall(c.lower())})
+
+
+def is_simplear_checkpoint(folder: Path) -> bool:
+    """Whether a model folder already has a visual vocabulary (layout in config, or the specials)."""
+    config = json.loads((folder / "config.json").read_text())
+    if CONFIG_KEY in config:
+        return True
+    vocab = AutoTokenizer.from_pretrained(folder).get_vocab()
+    return all(t in vocab for t in SIMPLEAR_SPECIAL_TOKENS)
+
+
+def restore_saved_tokenizer(policy: Policy, folder: Path) -> None:
+    """Undo transformers' tokenizer substitution for a checkpoint that saved a plain ``tokenizers`` tokenizer.
+
+    ``AutoTokenizer`` loads every ``qwen2`` folder as ``Qwen2Tokenizer`` (transformers lists qwen2
+    among models with an untrusted ``tokenizer_class``), which rebuilds a byte-level BPE
+    pre-tokenizer around the saved model. A word-level tiny tokenizer then encodes captions as
+    ``[UNK]``. Reload such tokenizers exactly as saved. (Workaround until ``policies.load_policy``
+    does this itself.)
+    """
+    config_file = folder / "tokenizer_config.json"
+    declared = json.loads(config_file.read_text()).get("tokenizer_class") if config_file.exists() else None
+    if declared in ("TokenizersBackend", "PreTrainedTokenizerFast") and type(policy.tokenizer) is not TokenizersBackend:
+        policy.tokenizer = TokenizersBackend.from_pretrained(folder)
+
+
+def check_start_path(args: PolicyArguments) -> None:
+    """Fail before anything loads when ``model_name_or_path`` is neither ``tiny`` nor a model folder."""
+    if args.model_name_or_path != TINY:
+        check_model_folder(args.model_name_or_path, what="model_name_or_path")
+
+
+def init_policy(args: PolicyArguments, info: CacheInfo, captions: Iterable[str], seed: int = 0) -> Policy:
+    """The starting policy for a cache with layout ``info`` (see the module docstring)."""
+    name, grid = args.model_name_or_path, info.grid
+    model_kwargs = {"attn_implementation": args.attn_implementation} if args.attn_implementation else {}
+    if name == TINY:
+        policy = build_tiny_policy(
+            words=sorted(set(caption_words(captions)) | set(demo_words())),
+            codebook_size=info.codebook_size,
+            grid=grid,
+            seed=seed,
+            prompt_prefix=args.prompt_prefix or "",
+            hidden_size=args.tiny_hidden_size,
+            num_hidden_layers=args.tiny_num_layers,
+            num_attention_heads=args.tiny_num_heads,
+            num_key_value_heads=args.tiny_num_kv_heads,
+            intermediate_size=args.tiny_intermediate_size,
+            **model_kwargs,
+        )
+    else:
+        folder = check_model_folder(name, what="model_name_or_path")
+        if is_simplear_checkpoint(folder):
+            policy = load_policy(folder, dtype=args.dtype, grid=grid)
+            restore_saved_tokenizer(policy, folder)
+        else:
+            policy = extend_llm(
+                folder, codebook_size=info.codebook_size, grid=grid, dtype=args.dtype, prompt_prefix=args.prompt_prefix or ""
+            )
+        if args.attn_implementation:
+            policy.model.set_attn_implementation(args.attn_implementation)
+    if args.prompt_prefix is not None and args.prompt_prefix != policy.vocab.prompt_prefix:
+        policy.vocab = policy.vocab.replace(prompt_prefix=args.prompt_prefix)
+    check_cache_fits(info, policy.vocab.codebook_size)
+    policy.vocab.attach_to_config(policy.model.config)
+    policy.model.train()
+    return policy
