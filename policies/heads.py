@@ -39,23 +39,71 @@ def decoder_of(model: nn.Module) -> nn.Module:
     return decoder
 
 
-def visual_head(model: nn.Module, vocab: VisualVocab) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """``(weight[K, H], bias[K] | None)``: views of the head rows of the visual codes."""
+def _output_head(model: nn.Module) -> nn.Module:
     head = unwrap_causal_lm(model).get_output_embeddings()
-    weight = getattr(head, "weight", None)
-    if weight is None or weight.dim() != 2:
+    if head is None:
+        raise TypeError(f"{type(unwrap_causal_lm(model)).__name__} has no output head")
+    if hasattr(head, "base_layer") or hasattr(head, "lora_A"):
         raise TypeError(
-            "the LM head has no plain 2-D weight (is it wrapped by a PEFT adapter? target_modules must not "
-            "include lm_head, because the visual slice of the head is read directly)"
+            "the LM head carries a PEFT adapter: remove lm_head from lora_target_modules, because image tokens "
+            "are scored on the visual rows of the head and an adapter there would be ignored"
         )
-    if weight.size(0) != vocab.vocab_size:
+    return head
+
+
+def _check_rows(rows: int, vocab: VisualVocab) -> None:
+    if rows != vocab.vocab_size:
         raise ValueError(
-            f"LM head has {weight.size(0)} rows but the visual layout needs text_vocab_size "
+            f"LM head has {rows} rows but the visual layout needs text_vocab_size "
             f"{vocab.text_vocab_size} + codebook_size {vocab.codebook_size} = {vocab.vocab_size}"
         )
+
+
+def visual_head(model: nn.Module, vocab: VisualVocab) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``(weight[K, H], bias[K] | None)``: views of the head rows of the visual codes.
+
+    Reads the weight directly: use it where the weights are whole (sampling, which runs inside
+    TRL's ZeRO-3 gather). Differentiable scoring uses :class:`VisualHead`.
+    """
+    head = _output_head(model)
+    weight = head.weight
+    _check_rows(weight.size(0), vocab)
     start, end = vocab.offset, vocab.vocab_size
     bias = head.bias[start:end] if getattr(head, "bias", None) is not None else None
     return weight[start:end], bias
+
+
+class VisualHead:
+    """Differentiable visual-slice logits computed by CALLING the head module.
+
+    The head's ``forward`` is swapped for the sliced projection during the call, so the hooks that
+    DeepSpeed ZeRO-3 / FSDP2 attach to the module still gather its (possibly tied) weight for the
+    forward and reduce its gradient in backward, and the ~151k text rows are still never multiplied.
+    """
+
+    def __init__(self, model: nn.Module, vocab: VisualVocab):
+        self.module = _output_head(model)
+        rows = getattr(self.module.weight, "ds_shape", self.module.weight.shape)[0]  # ZeRO-3 keeps the full shape here
+        _check_rows(int(rows), vocab)
+        self.start, self.end = vocab.offset, vocab.vocab_size
+
+    def _sliced_forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        weight = self.module.weight[self.start : self.end]
+        bias = self.module.bias[self.start : self.end] if getattr(self.module, "bias", None) is not None else None
+        return F.linear(hidden.to(weight.dtype), weight, bias)
+
+    def __call__(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Logits ``[..., codebook_size]`` in float32."""
+        had_own = "forward" in self.module.__dict__
+        previous = self.module.__dict__.get("forward")
+        self.module.forward = self._sliced_forward
+        try:
+            return self.module(hidden).float()
+        finally:
+            if had_own:
+                self.module.forward = previous
+            else:
+                del self.module.forward
 
 
 def visual_logits(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:

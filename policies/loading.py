@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +16,8 @@ from transformers import (
     PreTrainedTokenizerBase,
     PreTrainedTokenizerFast,
 )
+
+from transformers.integrations import is_deepspeed_zero3_enabled
 
 from .vocab import SIMPLEAR_SPECIAL_TOKENS, VisualVocab, check_model_vocab
 
@@ -161,6 +164,15 @@ def load_policy(
     return Policy(model=model, tokenizer=tokenizer, vocab=vocab)
 
 
+def _gathered(params: list[torch.Tensor]):
+    """Whole parameters for an in-place edit, also when DeepSpeed ZeRO-3 partitions them at load time."""
+    if is_deepspeed_zero3_enabled():
+        import deepspeed
+
+        return deepspeed.zero.GatheredParameters(params, modifier_rank=0)
+    return nullcontext()
+
+
 def extend_vocabulary(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -180,12 +192,13 @@ def extend_vocabulary(
     )
     tied = bool(getattr(model.config, "tie_word_embeddings", False))
     model.resize_token_embeddings(vocab.vocab_size, mean_resizing=False)
-    with torch.no_grad():
-        embed = model.get_input_embeddings().weight
+    embed = model.get_input_embeddings().weight
+    head = model.get_output_embeddings()
+    untied_head = head.weight if not tied and head is not None and head.weight is not embed else None
+    with torch.no_grad(), _gathered([embed] + ([untied_head] if untied_head is not None else [])):
         embed[text_rows:] = embed[:text_rows].mean(dim=0, keepdim=True)
-        head = model.get_output_embeddings()
-        if not tied and head is not None and head.weight is not embed:
-            head.weight[text_rows:] = head.weight[:text_rows].mean(dim=0, keepdim=True)
+        if untied_head is not None:
+            untied_head[text_rows:] = untied_head[:text_rows].mean(dim=0, keepdim=True)
     vocab.attach_to_config(model.config)
     return vocab
 

@@ -14,7 +14,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from .guidance import SamplingConfig, entropy_from_logprobs, sampling_logprobs
-from .heads import last_hidden_states, visual_head, visual_logits
+from .heads import VisualHead, last_hidden_states
 from .sampler import left_pad
 from .vocab import VisualVocab
 
@@ -43,17 +43,17 @@ def map_position_chunks(
 def visual_cross_entropy(
     hidden: torch.Tensor,
     target_codes: torch.Tensor,
-    weight: torch.Tensor,
-    bias: torch.Tensor | None = None,
+    head: Callable[[torch.Tensor], torch.Tensor],
     chunk_size: int = DEFAULT_CHUNK,
 ) -> torch.Tensor:
     """Per-position negative log-likelihood ``[B, T]`` of ``target_codes`` under the visual slice.
 
     ``hidden[:, t]`` predicts ``target_codes[:, t]``; positions with target ``-100`` get 0.
+    ``head`` maps hidden states to visual logits (a :class:`policies.heads.VisualHead`).
     """
 
     def chunk_nll(h: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor]:
-        logp = F.log_softmax(visual_logits(h, weight, bias), dim=-1)
+        logp = F.log_softmax(head(h), dim=-1)
         nll = -logp.gather(-1, y.clamp(min=0).unsqueeze(-1)).squeeze(-1)
         return (nll.masked_fill(y < 0, 0.0),)
 
@@ -95,12 +95,12 @@ def guided_token_logprobs(
     hidden = last_hidden_states(model, ids, mask)
     # hidden[:, j] predicts token j + 1: the completion is predicted by the `length` positions before its end.
     hidden = hidden[:, -length - 1 : -1]
-    weight, bias = visual_head(model, vocab)
+    head = VisualHead(model, vocab)
     codes = vocab.tokens_to_codes(completion_ids)
 
     def chunk_scores(h_cond: torch.Tensor, h_uncond: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        cond = visual_logits(h_cond, weight, bias)
-        uncond = visual_logits(h_uncond, weight, bias) if use_cfg else None
+        cond = head(h_cond)
+        uncond = head(h_uncond) if use_cfg else None
         logp = sampling_logprobs(cond, uncond, config)
         return logp.gather(-1, y.unsqueeze(-1)).squeeze(-1), entropy_from_logprobs(logp)
 

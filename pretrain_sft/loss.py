@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from policies.heads import last_hidden_states, unwrap_causal_lm, visual_head
+from policies.heads import VisualHead, last_hidden_states, unwrap_causal_lm
 from policies.scoring import DEFAULT_CHUNK, visual_cross_entropy
 from policies.vocab import VisualVocab
 
@@ -38,17 +38,6 @@ class NLLSums:
         return self.visual_count + self.text_count
 
 
-def _check_head_is_whole(model: nn.Module) -> None:
-    """Fail clearly when the head is partitioned (DeepSpeed ZeRO-3): its visual rows are read directly."""
-    weight = getattr(unwrap_causal_lm(model).get_output_embeddings(), "weight", None)
-    if weight is not None and hasattr(weight, "ds_id") and weight.dim() != 2:
-        raise RuntimeError(
-            "DeepSpeed ZeRO-3 partitions the LM head, but the visual-slice loss reads the head's visual rows "
-            "directly; launch with recipes/accelerate/zero2.yaml (or ddp.yaml) until policies/ gathers the "
-            "visual head under ZeRO-3"
-        )
-
-
 def next_token_nll_sums(
     model: nn.Module,
     vocab: VisualVocab,
@@ -62,7 +51,6 @@ def next_token_nll_sums(
     ``labels`` are aligned with ``input_ids`` (the model shifts nothing): the hidden state at
     ``t - 1`` predicts ``labels[:, t]``. Labels ``>= vocab.offset`` are visual targets.
     """
-    _check_head_is_whole(model)
     hidden = last_hidden_states(model, input_ids, attention_mask)[:, :-1]
     targets = labels[:, 1:]
     is_visual = targets >= vocab.offset
@@ -75,8 +63,7 @@ def next_token_nll_sums(
         # Only the columns holding visual targets (the image suffix, with left padding) are scored.
         lo, hi = int(columns[0]), int(columns[-1]) + 1
         codes = torch.where(is_visual, targets - vocab.offset, torch.full_like(targets, -100))[:, lo:hi]
-        weight, bias = visual_head(model, vocab)
-        visual_sum = visual_cross_entropy(hidden[:, lo:hi], codes, weight, bias, chunk_size).sum()
+        visual_sum = visual_cross_entropy(hidden[:, lo:hi], codes, VisualHead(model, vocab), chunk_size).sum()
 
     text_sum = zero
     if bool(is_text.any()):

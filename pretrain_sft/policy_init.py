@@ -17,10 +17,7 @@ import re
 from pathlib import Path
 from typing import Iterable
 
-from transformers import AutoTokenizer
-from transformers.tokenization_utils_tokenizers import TokenizersBackend
-
-from policies.loading import Policy, check_model_folder, extend_llm, load_policy
+from policies.loading import Policy, check_model_folder, extend_llm, load_policy, load_tokenizer
 from policies.tiny import build_tiny_policy
 from policies.vocab import CONFIG_KEY, SIMPLEAR_SPECIAL_TOKENS
 
@@ -42,23 +39,8 @@ def is_simplear_checkpoint(folder: Path) -> bool:
     config = json.loads((folder / "config.json").read_text())
     if CONFIG_KEY in config:
         return True
-    vocab = AutoTokenizer.from_pretrained(folder).get_vocab()
+    vocab = load_tokenizer(folder).get_vocab()
     return all(t in vocab for t in SIMPLEAR_SPECIAL_TOKENS)
-
-
-def restore_saved_tokenizer(policy: Policy, folder: Path) -> None:
-    """Undo transformers' tokenizer substitution for a checkpoint that saved a plain ``tokenizers`` tokenizer.
-
-    ``AutoTokenizer`` loads every ``qwen2`` folder as ``Qwen2Tokenizer`` (transformers lists qwen2
-    among models with an untrusted ``tokenizer_class``), which rebuilds a byte-level BPE
-    pre-tokenizer around the saved model. A word-level tiny tokenizer then encodes captions as
-    ``[UNK]``. Reload such tokenizers exactly as saved. (Workaround until ``policies.load_policy``
-    does this itself.)
-    """
-    config_file = folder / "tokenizer_config.json"
-    declared = json.loads(config_file.read_text()).get("tokenizer_class") if config_file.exists() else None
-    if declared in ("TokenizersBackend", "PreTrainedTokenizerFast") and type(policy.tokenizer) is not TokenizersBackend:
-        policy.tokenizer = TokenizersBackend.from_pretrained(folder)
 
 
 def check_start_path(args: PolicyArguments) -> None:
@@ -89,7 +71,6 @@ def init_policy(args: PolicyArguments, info: CacheInfo, captions: Iterable[str],
         folder = check_model_folder(name, what="model_name_or_path")
         if is_simplear_checkpoint(folder):
             policy = load_policy(folder, dtype=args.dtype, grid=grid)
-            restore_saved_tokenizer(policy, folder)
         else:
             policy = extend_llm(
                 folder, codebook_size=info.codebook_size, grid=grid, dtype=args.dtype, prompt_prefix=args.prompt_prefix or ""

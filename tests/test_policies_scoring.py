@@ -86,3 +86,25 @@ def test_guided_scoring_refuses_completions_with_text_tokens(policy):
     completion[1, 2] = 5
     with pytest.raises(VisualTokenError, match="1 of"):
         guided_token_logprobs(policy.model, policy.vocab, prompts, None, completion, config)
+
+
+def test_visual_head_runs_through_the_head_module_so_sharding_hooks_fire():
+    """ZeRO-3 / FSDP2 gather a module's weight in its forward hooks; the visual slice must call the module."""
+    from policies.heads import VisualHead
+    from policies.tiny import build_tiny_policy
+
+    policy = build_tiny_policy(hidden_size=32, num_hidden_layers=1)
+    head_module = policy.model.get_output_embeddings()
+    calls = []
+    pre = head_module.register_forward_pre_hook(lambda m, a: calls.append("pre"))
+    post = head_module.register_forward_hook(lambda m, a, out: calls.append(tuple(out.shape)))
+    try:
+        hidden = torch.randn(2, 3, 32)
+        logits = VisualHead(policy.model, policy.vocab)(hidden)
+    finally:
+        pre.remove()
+        post.remove()
+    assert calls == ["pre", (2, 3, policy.vocab.codebook_size)]
+    expected = hidden @ head_module.weight[policy.vocab.offset :].T
+    assert torch.allclose(logits, expected, atol=1e-5)
+    assert "forward" not in head_module.__dict__  # the swap is undone

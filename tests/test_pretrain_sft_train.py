@@ -131,9 +131,6 @@ def test_sft_keeps_the_word_tokenizer_of_a_tiny_checkpoint(finetuned):
     assert tokenizer.convert_ids_to_tokens(ids) == "a red square on the left".split()
 
 
-@pytest.mark.xfail(strict=True, reason="policies.load_policy uses AutoTokenizer, which loads every qwen2 folder as "
-                   "Qwen2Tokenizer (byte-level pre-tokenizer around the saved word-level model); needs a fix in "
-                   "policies/loading.py, after which pretrain_sft.policy_init.restore_saved_tokenizer can go")
 def test_load_policy_round_trips_a_tiny_word_tokenizer(finetuned):
     policy = load_policy(finetuned)
     ids = policy.tokenizer("a red square on the left", add_special_tokens=False)["input_ids"]
