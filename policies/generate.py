@@ -20,6 +20,7 @@ from .codecs import PaletteCodec, VisualCodec, available_codecs, build_codec, ch
 from .guidance import SamplingConfig
 from .images import captioned_grid, save_png, to_pil
 from .loading import Policy, check_model_folder, load_policy, resolve_dtype
+from .records import read_records
 from .rendering import render
 from .tiny import build_tiny_policy
 
@@ -58,24 +59,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def read_prompts_file(path: str | Path) -> list[str]:
-    """Captions from a ``.txt`` (one per non-blank line) or ``.jsonl`` (objects with ``prompt``) file."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"prompts file {str(path)!r} does not exist")
-    lines = [(n, line.strip()) for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)]
-    lines = [(n, line) for n, line in lines if line]
-    if path.suffix != ".jsonl":
-        return [line for _, line in lines]
-    prompts = []
-    for n, line in lines:
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path}:{n}: not valid JSON ({err.msg}); each line must be an object with 'prompt'") from None
-        if not isinstance(record, dict) or not isinstance(record.get("prompt"), str):
-            raise ValueError(f"{path}:{n}: expected an object with a string 'prompt', got {line[:80]!r}")
-        prompts.append(record["prompt"])
-    return prompts
+    """Captions from a ``.txt`` (one per non-blank line) or ``.jsonl``/``.json`` (objects with ``prompt``) file."""
+    rows = read_records(path, what="prompts file", text_key="prompt")
+    bad = next((i for i, r in enumerate(rows, 1) if not isinstance(r.get("prompt"), str)), None)
+    if bad is not None:
+        raise ValueError(f"row {bad} of prompts file {str(path)!r} has no string 'prompt'")
+    return [r["prompt"] for r in rows]
 
 
 @dataclass

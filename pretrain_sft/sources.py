@@ -9,10 +9,12 @@ any other fields are carried into the cache's ``meta`` column as JSON.
 from __future__ import annotations
 
 import functools
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from policies.records import RecordsError
+from policies.records import read_records as read_rows
 
 CAPTION_FIELDS = ("caption", "short_caption", "long_caption")
 
@@ -76,28 +78,10 @@ def read_records(
 
 
 def _file_rows(path: Path) -> list[dict]:
-    text = path.read_text(encoding="utf-8")
-    stripped = text.lstrip()
-    if path.suffix == ".json" or stripped.startswith("["):
-        try:
-            rows = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise MetaError(f"META {str(path)!r} is not valid JSON ({exc}); use a JSON list or one object per line (JSONL)") from exc
-        if not isinstance(rows, list):
-            raise MetaError(f"META {str(path)!r} must hold a JSON list of objects, got {type(rows).__name__}")
-    else:
-        rows = []
-        for n, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as exc:
-                raise MetaError(f"line {n} of META {str(path)!r} is not valid JSON ({exc})") from exc
-    for i, row in enumerate(rows):
-        if not isinstance(row, dict):
-            raise MetaError(f"row {i} of META {str(path)!r} is a {type(row).__name__}, expected an object")
-    return rows
+    try:
+        return read_rows(path, what="META")
+    except RecordsError as err:
+        raise MetaError(str(err)) from None
 
 
 def _record(row: dict, index: int, meta: Path, image_column: str, caption_column: str, default_id: str = "") -> SourceRecord:

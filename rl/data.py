@@ -2,38 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import random
 from pathlib import Path
 
 import datasets
 
-
-def _read_records(path: Path) -> list[dict]:
-    suffix = path.suffix.lower()
-    try:
-        if suffix == ".jsonl":
-            records = []
-            for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-                if not line.strip():
-                    continue
-                try:
-                    records.append(json.loads(line))
-                except json.JSONDecodeError as err:
-                    raise ValueError(f"prompt file {str(path)!r} line {lineno} is not valid JSON: {err.msg}") from None
-            return records
-        if suffix == ".json":
-            data = json.loads(path.read_text(encoding="utf-8"))
-            if isinstance(data, dict) and "data" in data:
-                data = data["data"]
-            if not isinstance(data, list):
-                raise ValueError(f"prompt file {str(path)!r} must hold a JSON list of objects (or {{'data': [...]}})")
-            return data
-        if suffix == ".txt":
-            return [{"prompt": line.strip()} for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    except UnicodeDecodeError:
-        raise ValueError(f"prompt file {str(path)!r} is not UTF-8 text") from None
-    raise ValueError(f"prompt file {str(path)!r}: unsupported extension {suffix!r}; use .jsonl, .json, .txt or a datasets folder")
+from policies.records import read_records
 
 
 def read_prompt_table(path: str | Path) -> datasets.Dataset:
@@ -51,10 +25,10 @@ def read_prompt_table(path: str | Path) -> datasets.Dataset:
                 raise ValueError(f"prompt folder {str(path)!r} holds splits {list(loaded)}; expected a 'train' split")
             loaded = loaded["train"]
         return loaded
-    records = _read_records(path)
-    bad = next((i for i, r in enumerate(records) if not isinstance(r, dict)), None)
-    if bad is not None:
-        raise ValueError(f"prompt file {str(path)!r}: record {bad + 1} is not an object")
+    suffix = path.suffix.lower()
+    if suffix not in (".jsonl", ".json", ".txt"):
+        raise ValueError(f"prompt file {str(path)!r}: unsupported extension {suffix!r}; use .jsonl, .json, .txt or a datasets folder")
+    records = read_records(path, what="prompt file", text_key="prompt")
     return datasets.Dataset.from_list(records)
 
 

@@ -56,7 +56,7 @@ def test_long_selection_without_long_captions_names_the_column_and_the_fix(tmp_p
 def test_unreadable_prompt_files_name_the_file_and_line(tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"prompt": "ok"}\n{not json\n')
-    with pytest.raises(ValueError, match="bad.jsonl.*line 2"):
+    with pytest.raises(ValueError, match="line 2 of prompt file .*bad.jsonl"):
         load_prompt_set(bad)
     with pytest.raises(FileNotFoundError, match="missing.jsonl"):
         load_prompt_set(tmp_path / "missing.jsonl")

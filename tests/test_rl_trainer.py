@@ -1,7 +1,6 @@
 """The image GRPO trainer end to end on the tiny CPU recipe: full fine-tuning, LoRA, both log-prob
 modes, wandb offline, the guided-mode log-prob consistency, and saved outputs that load again."""
 
-import json
 import os
 from pathlib import Path
 
