@@ -30,6 +30,32 @@ TINY_CFG_SCALE = 3.0
 DEMO_PROMPTS = ("a red square on a blue background", "two yellow circles", "a green triangle in the center")
 
 
+def add_policy_arguments(p: argparse.ArgumentParser, model_required: bool = False) -> None:
+    """Flags that choose the policy, its codec and the prompt templates (shared with ``simplear-rl eval``)."""
+    if model_required:
+        p.add_argument("--model", required=True, help="local policy checkpoint folder")
+    else:
+        p.add_argument("--model", help="local policy checkpoint folder; omit to run the tiny default (random weights)")
+    p.add_argument("--codec", choices=available_codecs(), help="default: palette for the tiny default, else cosmos")
+    p.add_argument("--codec_path", help="local codec folder (cosmos: holds encoder.jit and decoder.jit)")
+    p.add_argument("--resolution", type=int, help="square image size in pixels (default: the policy's grid)")
+    p.add_argument("--prompt_prefix", default=None, help="text before every caption (default: the policy's)")
+    p.add_argument("--uncond_prompt", default=None, help="negative prompt text (default: the caption-dropped template)")
+    p.add_argument("--device", default=None, help="default: cuda when available, else cpu")
+    p.add_argument("--dtype", default="auto", help="auto (bf16 on CUDA, fp32 on CPU), bfloat16, float16, float32")
+
+
+def add_sampling_arguments(p: argparse.ArgumentParser, num_images: int = 1) -> None:
+    """Flags of the CFG sampler and the seeds (shared with ``simplear-rl eval``)."""
+    p.add_argument("--num_images", type=int, default=num_images, help=f"images per prompt (default {num_images})")
+    p.add_argument("--cfg_scale", type=float, default=None, help=f"guidance scale (default {SIMPLEAR_CFG_SCALE}; tiny default {TINY_CFG_SCALE})")
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--top_k", type=int, default=0, help="0 = the whole codebook")
+    p.add_argument("--top_p", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the first image; image k of the run uses seed + k")
+    p.add_argument("--batch_size", type=int, default=8, help="images sampled together")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command's flags (``simplear-rl generate --help``)."""
     p = argparse.ArgumentParser(
@@ -37,25 +63,17 @@ def build_parser() -> argparse.ArgumentParser:
         description="Sample images from a policy with classifier-free guidance.",
         epilog=__doc__.split("\n\n", 1)[1],
     )
-    p.add_argument("--model", help="local policy checkpoint folder; omit to run the tiny default (random weights)")
-    p.add_argument("--codec", choices=available_codecs(), help="default: palette for the tiny default, else cosmos")
-    p.add_argument("--codec_path", help="local codec folder (cosmos: holds encoder.jit and decoder.jit)")
+    add_policy_arguments(p)
     p.add_argument("--prompts", nargs="+", default=[], help="captions, one image set per caption")
     p.add_argument("--prompts_file", help="a .txt file (one caption per line) or a .jsonl file with a 'prompt' key")
-    p.add_argument("--num_images", type=int, default=1, help="images per prompt")
-    p.add_argument("--cfg_scale", type=float, default=None, help=f"guidance scale (default {SIMPLEAR_CFG_SCALE}; tiny default {TINY_CFG_SCALE})")
-    p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--top_k", type=int, default=0, help="0 = the whole codebook")
-    p.add_argument("--top_p", type=float, default=1.0)
-    p.add_argument("--seed", type=int, default=0, help="seed of the first image; image k of the run uses seed + k")
-    p.add_argument("--batch_size", type=int, default=8, help="images sampled together")
-    p.add_argument("--resolution", type=int, help="square image size in pixels (default: the policy's grid)")
-    p.add_argument("--prompt_prefix", default=None, help="text before every caption (default: the policy's)")
-    p.add_argument("--uncond_prompt", default=None, help="negative prompt text (default: the caption-dropped template)")
-    p.add_argument("--device", default=None, help="default: cuda when available, else cpu")
-    p.add_argument("--dtype", default="auto", help="auto (bf16 on CUDA, fp32 on CPU), bfloat16, float16, float32")
+    add_sampling_arguments(p)
     p.add_argument("--out", required=True, help="output folder for PNGs, grid.png and metadata.jsonl")
     return p
+
+
+def image_seeds(seed: int, num_prompts: int, num_images: int) -> list[tuple[int, int, int]]:
+    """``(prompt_index, sample, seed)`` for every image: image ``k`` of a run uses ``seed + k``."""
+    return [(i, s, seed + i * num_images + s) for i in range(num_prompts) for s in range(num_images)]
 
 
 def read_prompts_file(path: str | Path) -> list[str]:
@@ -117,7 +135,7 @@ def build_setup(args: argparse.Namespace, log) -> Setup:
 def generate(args: argparse.Namespace, captions: list[str], setup: Setup, out: Path) -> list[dict]:
     """Sample ``num_images`` per caption in batches; write PNGs, ``grid.png`` and ``metadata.jsonl``."""
     policy, codec = setup.policy, setup.codec
-    jobs = [(i, s, args.seed + i * args.num_images + s) for i in range(len(captions)) for s in range(args.num_images)]
+    jobs = image_seeds(args.seed, len(captions), args.num_images)
     settings = {
         "cfg_scale": setup.config.cfg_scale, "temperature": setup.config.temperature, "top_k": setup.config.top_k,
         "top_p": setup.config.top_p, "prompt_prefix": policy.vocab.prompt_prefix, "uncond_prompt": setup.uncond_text,

@@ -1,0 +1,167 @@
+"""``simplear-rl ablate SPEC.yaml``: run variants of one GRPO recipe and compare them.
+
+Each variant is the base recipe plus a few keys (e.g. ``prompt_length: short | long | mix``), run
+with the same seed and steps as its own process (optionally under a launcher such as
+``accelerate launch --config_file recipes/accelerate/ddp.yaml``). Afterwards every variant's final
+policy is evaluated on held-out prompts, and one overlaid reward-curve plot and one table of
+held-out scores per variant are written. It only launches recipes and collects their outputs, so
+the same spec shape works for real recipes on GPUs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from .curves import overlay_runs
+from .evaluate import evaluate_prompt_lengths
+from .report import accuracy_table, reward_means_table
+
+DONE_FILE = "train_summary.json"
+
+
+@dataclass
+class EvalSpec:
+    prompts: str
+    rewards: list[str]
+    prompt_lengths: list[str] = field(default_factory=lambda: ["short", "long"])
+    num_images: int = 4
+    cfg_scale: float = 3.0
+    seed: int = 1234
+    batch_size: int = 32
+    codec: str = "palette"
+    codec_path: str | None = None
+
+
+@dataclass
+class AblationSpec:
+    recipe: str
+    out: str
+    variants: dict[str, dict]
+    eval: EvalSpec
+    name: str = "ablation"
+    overrides: dict = field(default_factory=dict)
+    launcher: list[str] = field(default_factory=list)
+    metric: str = "reward"
+
+    @classmethod
+    def load(cls, path: str | Path) -> "AblationSpec":
+        """Read and check a spec file; errors name the key and the fix."""
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"ablation spec {str(path)!r} does not exist")
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        known = set(cls.__dataclass_fields__)
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"ablation spec {str(path)!r}: unknown keys {sorted(unknown)}; expected {sorted(known)}")
+        missing = [k for k in ("recipe", "out", "variants", "eval") if k not in data]
+        if missing:
+            raise ValueError(f"ablation spec {str(path)!r} lacks {missing}")
+        if not isinstance(data["variants"], dict) or not data["variants"]:
+            raise ValueError("`variants` must map a variant name to the recipe keys it changes, e.g. short: {prompt_length: short}")
+        eval_known = set(EvalSpec.__dataclass_fields__)
+        bad = set(data["eval"]) - eval_known
+        if bad:
+            raise ValueError(f"ablation spec `eval` has unknown keys {sorted(bad)}; expected {sorted(eval_known)}")
+        data["eval"] = EvalSpec(**data["eval"])
+        launcher = data.get("launcher") or []
+        data["launcher"] = launcher.split() if isinstance(launcher, str) else list(launcher)
+        return cls(**data)
+
+
+def as_cli(keys: dict) -> list[str]:
+    """Recipe keys as ``--key value`` flags (lists expand, mappings become JSON)."""
+    argv: list[str] = []
+    for key, value in keys.items():
+        argv.append(f"--{key}")
+        if isinstance(value, bool):
+            argv.append(str(value).lower())
+        elif isinstance(value, (list, tuple)):
+            argv.extend(json.dumps(v) if isinstance(v, dict) else str(v) for v in value)
+        elif isinstance(value, dict):
+            argv.append(json.dumps(value))
+        else:
+            argv.append(str(value))
+    return argv
+
+
+def variant_command(spec: AblationSpec, name: str) -> list[str]:
+    """The command that trains one variant."""
+    runner = [*spec.launcher, "-m", "rl.grpo"] if spec.launcher else [sys.executable, "-m", "rl.grpo"]
+    keys = {**spec.overrides, **spec.variants[name], "output_dir": str(Path(spec.out) / name)}
+    return [*runner, "--config", spec.recipe, *as_cli(keys)]
+
+
+def run_variants(spec: AblationSpec) -> None:
+    """Train every variant that has not finished; a failed variant stops the ablation naming it."""
+    for name in spec.variants:
+        run_dir = Path(spec.out) / name
+        if (run_dir / DONE_FILE).exists():
+            print(f"[ablate] {name}: finished earlier, reusing {run_dir}", flush=True)
+            continue
+        command = variant_command(spec, name)
+        if any(run_dir.glob("checkpoint-*/trainer_state.json")):
+            command += ["--resume_from_checkpoint", "last"]
+        print(f"[ablate] {name}: {' '.join(command)}", flush=True)
+        result = subprocess.run(command, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        if result.returncode != 0:
+            raise RuntimeError(f"variant {name!r} failed (exit {result.returncode}); its output is in {run_dir}")
+
+
+def evaluate_variants(spec: AblationSpec) -> dict[str, dict[str, dict]]:
+    """Held-out summaries of every variant on every caption length."""
+    e = spec.eval
+    results = {}
+    for name in spec.variants:
+        results[name] = evaluate_prompt_lengths(
+            Path(spec.out) / name, e.prompts, e.rewards, Path(spec.out) / "eval" / name, e.prompt_lengths,
+            codec=e.codec, codec_path=e.codec_path, cfg_scale=e.cfg_scale, num_images=e.num_images, seed=e.seed,
+            batch_size=e.batch_size,
+        )
+    return results
+
+
+def write_summary(spec: AblationSpec, results: dict[str, dict[str, dict]]) -> Path:
+    """``reward_curves.png`` (overlay), ``ablation.md`` and ``ablation.json`` in ``out``."""
+    out = Path(spec.out)
+    names = list(spec.variants)
+    overlay_runs([out / n for n in names], out / "reward_curves.png", metric=spec.metric, labels=names)
+    lengths = spec.eval.prompt_lengths
+    has_accuracy = any("accuracy" in s for r in results.values() for s in r.values())
+    lines = [f"# Ablation: {spec.name}", "", f"Base recipe `{spec.recipe}`; variants:", ""]
+    lines += [f"- **{n}**: `{json.dumps(spec.variants[n])}`" for n in names]
+    lines += ["", f"Held-out prompts `{spec.eval.prompts}`, {spec.eval.num_images} images per prompt, seed {spec.eval.seed}.", ""]
+    if has_accuracy:
+        lines += ["## Held-out accuracy (rows) by evaluation caption length (columns)", "", accuracy_table(results, lengths), ""]
+    for length in lengths:
+        lines += [f"## Reward means on held-out {length} prompts", "", reward_means_table(results, length), ""]
+    lines += ["![reward curves](reward_curves.png)", ""]
+    path = out / "ablation.md"
+    path.write_text("\n".join(lines), encoding="utf-8")
+    (out / "ablation.json").write_text(json.dumps(results, indent=2), encoding="utf-8")
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``simplear-rl ablate SPEC.yaml [--eval_only]``."""
+    parser = argparse.ArgumentParser(prog="simplear-rl ablate", description=__doc__.split("\n\n")[0])
+    parser.add_argument("spec", help="ablation spec YAML (see recipes/demo/ablation_prompt_length.yaml)")
+    parser.add_argument("--eval_only", action="store_true", help="skip training; evaluate and summarise finished runs")
+    args = parser.parse_args(argv)
+    spec = AblationSpec.load(args.spec)
+    if not args.eval_only:
+        run_variants(spec)
+    results = evaluate_variants(spec)
+    path = write_summary(spec, results)
+    print(f"[ablate] wrote {path} and {Path(spec.out) / 'reward_curves.png'}")
+    if any("accuracy" in s for r in results.values() for s in r.values()):
+        print(accuracy_table(results, spec.eval.prompt_lengths))
+    return 0
