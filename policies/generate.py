@@ -16,13 +16,14 @@ from pathlib import Path
 
 import torch
 
-from .codecs import PaletteCodec, VisualCodec, available_codecs, build_codec, check_codec_matches
+from .codecs import PaletteCodec, VisualCodec, available_codecs, build_codec, build_recorded_codec, check_codec_matches, codec_record
 from .guidance import SamplingConfig
 from .images import captioned_grid, save_png, to_pil
 from .loading import Policy, check_model_folder, load_policy, resolve_dtype
 from .records import read_records
 from .rendering import render
 from .tiny import build_tiny_policy
+from .vocab import CONFIG_KEY
 
 SIMPLEAR_CFG_SCALE = 6.0
 #: The tiny default has random weights; a mild scale keeps its samples varied.
@@ -36,7 +37,7 @@ def add_policy_arguments(p: argparse.ArgumentParser, model_required: bool = Fals
         p.add_argument("--model", required=True, help="local policy checkpoint folder")
     else:
         p.add_argument("--model", help="local policy checkpoint folder; omit to run the tiny default (random weights)")
-    p.add_argument("--codec", choices=available_codecs(), help="default: palette for the tiny default, else cosmos")
+    p.add_argument("--codec", choices=available_codecs(), help="default: the codec the checkpoint records, else cosmos (palette for the tiny default)")
     p.add_argument("--codec_path", help="local codec folder (cosmos: holds encoder.jit and decoder.jit)")
     p.add_argument("--resolution", type=int, help="square image size in pixels (default: the policy's grid)")
     p.add_argument("--prompt_prefix", default=None, help="text before every caption (default: the policy's)")
@@ -96,6 +97,16 @@ class Setup:
     uncond_text: str
 
 
+def recorded_codec(model: str | Path) -> dict | None:
+    """The codec a checkpoint records in its config (read without loading the model)."""
+    config = Path(model) / "config.json"
+    try:
+        layout = json.loads(config.read_text(encoding="utf-8")).get(CONFIG_KEY) or {}
+    except (OSError, json.JSONDecodeError):
+        return None
+    return (layout.get("extra") or {}).get("codec")
+
+
 def build_setup(args: argparse.Namespace, log) -> Setup:
     """Load (or build) the policy and the codec, and check that they fit together."""
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -110,7 +121,12 @@ def build_setup(args: argparse.Namespace, log) -> Setup:
         codec: VisualCodec = PaletteCodec()
         default_cfg = TINY_CFG_SCALE
     else:
-        codec = build_codec(args.codec or "cosmos", path=args.codec_path, device=device, dtype=None if args.dtype == "auto" else args.dtype)
+        codec_dtype = None if args.dtype == "auto" else args.dtype
+        recorded = recorded_codec(args.model)
+        if args.codec is None and recorded is not None:
+            codec = build_recorded_codec(recorded, path=args.codec_path, device=device, dtype=codec_dtype)
+        else:
+            codec = build_codec(args.codec or "cosmos", path=args.codec_path, device=device, dtype=codec_dtype)
         policy = load_policy(args.model, dtype=dtype, device=device)
         default_cfg = SIMPLEAR_CFG_SCALE
     vocab = policy.vocab
@@ -140,7 +156,7 @@ def generate(args: argparse.Namespace, captions: list[str], setup: Setup, out: P
         "cfg_scale": setup.config.cfg_scale, "temperature": setup.config.temperature, "top_k": setup.config.top_k,
         "top_p": setup.config.top_p, "prompt_prefix": policy.vocab.prompt_prefix, "uncond_prompt": setup.uncond_text,
         "grid": list(setup.grid), "resolution": list(codec.resolution_for(setup.grid)),
-        "model": args.model or "tiny-default", "codec": args.codec or ("palette" if args.model is None else "cosmos"),
+        "model": args.model or "tiny-default", "codec": codec_record(codec),
     }
     images = render(
         policy, codec, [captions[i] for i, _, _ in jobs], [seed for _, _, seed in jobs], setup.config,

@@ -95,6 +95,15 @@ class VisualVocab:
         """A copy with some fields changed."""
         return dataclasses.replace(self, **changes)
 
+    @property
+    def codec(self) -> dict[str, Any] | None:
+        """The codec the policy was trained with (``policies.codecs.codec_record``), if recorded."""
+        return self.extra.get("codec")
+
+    def with_codec(self, record: dict[str, Any]) -> "VisualVocab":
+        """A copy that records the codec the policy is trained with."""
+        return dataclasses.replace(self, extra={**self.extra, "codec": dict(record)})
+
     # ------------------------------------------------------------ conversions
     def codes_to_tokens(self, codes: torch.Tensor) -> torch.Tensor:
         """Map visual codes to LM token ids; refuses codes outside ``[0, codebook_size)``."""

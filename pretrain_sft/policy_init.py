@@ -80,6 +80,7 @@ def init_policy(args: PolicyArguments, info: CacheInfo, captions: Iterable[str],
     if args.prompt_prefix is not None and args.prompt_prefix != policy.vocab.prompt_prefix:
         policy.vocab = policy.vocab.replace(prompt_prefix=args.prompt_prefix)
     check_cache_fits(info, policy.vocab.codebook_size)
+    policy.vocab = policy.vocab.with_codec({"name": info.codec, **info.codec_kwargs})
     policy.vocab.attach_to_config(policy.model.config)
     policy.model.train()
     return policy

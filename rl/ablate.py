@@ -36,7 +36,7 @@ class EvalSpec:
     cfg_scale: float = 3.0
     seed: int = 1234
     batch_size: int = 32
-    codec: str = "palette"
+    codec: str | None = None  # default: the codec each checkpoint records
     codec_path: str | None = None
 
 

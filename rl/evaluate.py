@@ -155,14 +155,17 @@ def evaluate_prompt_lengths(
     reward_names: list[str],
     out: str | Path,
     lengths: tuple[str, ...] | list[str] = ("short", "long"),
-    codec: str = "palette",
+    codec: str | None = None,
     codec_path: str | None = None,
     cfg_scale: float = 3.0,
     num_images: int = 4,
     seed: int = 0,
     batch_size: int = 32,
 ) -> dict[str, dict]:
-    """Reward summaries of a checkpoint on each caption length of a prompt set; each written to ``out/<length>``."""
+    """Reward summaries of a checkpoint on each caption length of a prompt set; each written to ``out/<length>``.
+
+    ``codec`` defaults to the one the checkpoint records.
+    """
     from rewards import build_rewards
 
     args = argparse.Namespace(

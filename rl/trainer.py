@@ -21,7 +21,7 @@ from transformers import ProgressCallback
 from trl import GRPOTrainer
 from trl.models import unwrap_model_for_generation
 
-from policies.codecs import VisualCodec, check_codec_matches
+from policies.codecs import VisualCodec, check_codec_matches, codec_record
 from policies.guidance import SamplingConfig
 from policies.images import captioned_grid, save_png, to_unit
 from policies.loading import Policy
@@ -65,6 +65,8 @@ class ImageGRPOTrainer(GRPOTrainer):
         if args.uncond_template:
             vocab = vocab.replace(uncond_template=args.uncond_template)
         check_codec_matches(codec, vocab.codebook_size, vocab.grid)
+        vocab = vocab.with_codec(codec_record(codec))
+        vocab.attach_to_config(policy.model.config)  # checkpoints carry the layout, templates and codec
         for name, dataset in (("train", train_dataset), ("eval", eval_dataset)):
             if dataset is not None:
                 rewards.validate_columns(set(dataset.column_names))

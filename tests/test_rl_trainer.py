@@ -1,6 +1,7 @@
 """The image GRPO trainer end to end on the tiny CPU recipe: full fine-tuning, LoRA, both log-prob
 modes, wandb offline, the guided-mode log-prob consistency, and saved outputs that load again."""
 
+import json
 import os
 from pathlib import Path
 
@@ -8,6 +9,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
+from policies.generate import main as generate_main
 from policies.loading import load_policy
 from rl.curves import read_metrics
 from rl.grpo import main as grpo_main
@@ -49,11 +51,19 @@ def test_run_writes_reward_curve_samples_and_a_policy_that_loads_again(full_ft_r
     assert sorted(p.name for p in (out / "samples").glob("*.png")) == ["step_0.png", "step_2.png"]
     policy = load_policy(out)
     assert policy.vocab.grid == (8, 8) and policy.vocab.codebook_size == 64
+    assert policy.vocab.codec == {"name": "palette", "levels": 4, "patch": 8}
     plain = AutoModelForCausalLM.from_pretrained(out)
     assert plain.config.vocab_size == policy.vocab.vocab_size
     init = load_policy(out / "init-policy")
     moved = any(not torch.equal(a, b) for a, b in zip(init.model.parameters(), policy.model.parameters()))
     assert moved, "GRPO did not update the policy"
+
+
+def test_generate_rebuilds_the_recorded_codec_of_a_trained_policy_without_flags(full_ft_run, tmp_path):
+    out, _ = full_ft_run
+    assert generate_main(["--model", str(out), "--prompts", "a red square on the left", "--out", str(tmp_path)]) == 0
+    record = json.loads((tmp_path / "metadata.jsonl").read_text().splitlines()[0])
+    assert record["codec"] == {"name": "palette", "levels": 4, "patch": 8}
 
 
 def test_lora_trains_an_adapter_with_the_disabled_adapter_as_reference(tmp_path):

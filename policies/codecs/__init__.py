@@ -22,6 +22,8 @@ __all__ = [
     "PaletteCodec",
     "VisualCodec",
     "available_codecs",
+    "build_recorded_codec",
+    "codec_record",
     "build_codec",
     "check_codec_matches",
 ]
@@ -65,3 +67,21 @@ def build_codec(
     if builder is None:
         raise ValueError(f"unknown codec {name!r}; known codecs: {', '.join(available_codecs())}")
     return builder(path, device, dtype, **kwargs)
+
+
+def codec_record(codec: VisualCodec) -> dict[str, Any]:
+    """What a checkpoint records about its codec, so loaders can rebuild it without a flag.
+
+    Paths are machine-specific and never recorded (a Cosmos codec still needs ``codec_path``).
+    """
+    if isinstance(codec, PaletteCodec):
+        return {"name": "palette", "levels": codec.levels, "patch": codec.patch}
+    if isinstance(codec, CosmosCodec):
+        return {"name": "cosmos"}
+    return {"name": type(codec).__name__}
+
+
+def build_recorded_codec(record: dict[str, Any], path=None, device=None, dtype=None) -> VisualCodec:
+    """Rebuild a codec from :func:`codec_record`'s dict (plus the local ``path`` a Cosmos codec needs)."""
+    options = {k: v for k, v in record.items() if k != "name"}
+    return build_codec(record["name"], path=path, device=device, dtype=dtype, **options)
