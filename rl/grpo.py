@@ -156,10 +156,8 @@ def finish_wandb(args: ImageGRPOConfig) -> None:
             wandb.finish()
 
 
-def run(script: ScriptArguments, args: ImageGRPOConfig, model_args: ModelConfig):
-    """Train and save the final policy to ``output_dir``; returns the trainer."""
-    resume = resolve_resume(args)
-    trainer = build_trainer(script, args, model_args)
+def train_and_save(trainer, args: ImageGRPOConfig, resume: str | None):
+    """Train (resuming if asked) and save the final policy to ``output_dir``."""
     trainer.train(resume_from_checkpoint=resume)
     trainer.save_model(args.output_dir)
     finish_wandb(args)
@@ -168,11 +166,29 @@ def run(script: ScriptArguments, args: ImageGRPOConfig, model_args: ModelConfig)
     return trainer
 
 
+def run(script: ScriptArguments, args: ImageGRPOConfig, model_args: ModelConfig):
+    """Build, train and save; returns the trainer."""
+    resume = resolve_resume(args)
+    return train_and_save(build_trainer(script, args, model_args), args, resume)
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Parse a recipe (``--config x.yaml`` plus ``--key value`` overrides) and run GRPO."""
+    """Parse a recipe (``--config x.yaml`` plus ``--key value`` overrides) and run GRPO.
+
+    Problems found before training starts (bad keys, missing paths, reward or codec mismatches)
+    are reported in one line with exit status 2; errors during training keep their traceback.
+    """
+    from rewards.errors import RewardError
+
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    script, args, model_args = build_parser().parse_args_and_config(argv)
-    run(script, args, model_args)
+    try:
+        script, args, model_args = build_parser().parse_args_and_config(argv)
+        resume = resolve_resume(args)
+        trainer = build_trainer(script, args, model_args)
+    except (OSError, ValueError, RewardError) as err:
+        print(f"simplear-rl grpo: error: {err}", file=sys.stderr)
+        return 2
+    train_and_save(trainer, args, resume)
     return 0
 
 

@@ -1,0 +1,45 @@
+"""The real-size GRPO recipes parse, and a user's missing paths are named before anything loads."""
+
+from pathlib import Path
+
+import pytest
+
+from policies.tiny import build_tiny_policy
+from rl.grpo import build_parser, main as grpo_main
+
+REPO = Path(__file__).resolve().parents[1]
+REAL = sorted((REPO / "recipes" / "simplear_0.5b").glob("grpo_*.yaml"))
+
+
+def test_there_are_clip_hps_and_combined_recipes():
+    assert [p.name for p in REAL] == ["grpo_clip.yaml", "grpo_clip_hps.yaml", "grpo_hps.yaml"]
+
+
+@pytest.mark.parametrize("recipe", REAL, ids=lambda p: p.stem)
+def test_real_recipes_carry_simplear_settings_with_explicit_cfg_and_logprob_mode(recipe):
+    script, args, model = build_parser().parse_args_and_config(["--config", str(recipe), "--bf16", "false"])
+    assert (args.learning_rate, args.num_generations, args.beta) == (1e-6, 4, 0.04)
+    assert args.lr_scheduler_type == "cosine_with_min_lr" and args.lr_scheduler_kwargs == {"min_lr_rate": 0.1}
+    assert args.warmup_steps == 0.1 and script.resolution == 1024 and script.codec == "cosmos"
+    assert "cfg_scale" in recipe.read_text() and "logprob_mode" in recipe.read_text()
+    assert args.cfg_scale == 6.0 and args.logprob_mode == "guided"
+    assert all("checkpoint" in spec for spec in args.rewards)
+
+
+@pytest.mark.parametrize("recipe", REAL, ids=lambda p: p.stem)
+def test_placeholder_model_path_is_named_before_anything_loads(recipe, capsys):
+    assert grpo_main(["--config", str(recipe), "--bf16", "false"]) == 2
+    assert "'/path/to/SimpleAR-0.5B-SFT' does not exist" in capsys.readouterr().err
+
+
+def test_missing_reward_checkpoint_is_named_after_the_policy_and_codec_paths_pass(tmp_path, capsys):
+    policy_dir, codec_dir, prompts = tmp_path / "policy", tmp_path / "cosmos", tmp_path / "p.jsonl"
+    build_tiny_policy(hidden_size=16, num_hidden_layers=1).save(policy_dir)
+    codec_dir.mkdir()
+    prompts.write_text('{"prompt": "a cat"}\n')
+    argv = ["--config", str(REPO / "recipes" / "simplear_0.5b" / "grpo_clip.yaml"), "--bf16", "false",
+            "--model_name_or_path", str(policy_dir), "--codec_path", str(codec_dir), "--train_prompts", str(prompts),
+            "--output_dir", str(tmp_path / "run")]
+    assert grpo_main(argv) == 2
+    err = capsys.readouterr().err
+    assert "open_clip_pytorch_model.bin" in err and "does not exist" in err
