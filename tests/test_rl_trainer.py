@@ -74,6 +74,11 @@ def test_lora_trains_an_adapter_with_the_disabled_adapter_as_reference(tmp_path)
     assert records[-1]["kl"] > 0
 
 
+def test_guided_mode_applies_the_samplers_top_k_and_top_p_truncation_too(tmp_path):
+    records = run_tiny(tmp_path, "--max_steps", "1", "--top_k", "16", "--top_p", "0.8", "--sample_every", "0")
+    assert records[0]["sampling/logprob_gap/max"] < 1e-4
+
+
 def test_conditional_mode_runs_trl_scoring_and_reports_its_gap_to_the_guided_sampler(tmp_path):
     records = run_tiny(tmp_path, "--max_steps", "1", "--logprob_mode", "conditional", "--sample_every", "0")
     gap = records[0]["sampling/logprob_gap/mean"]
