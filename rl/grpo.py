@@ -117,7 +117,6 @@ def build_trainer(script: ScriptArguments, args: ImageGRPOConfig, model_args: Mo
         if script.eval_prompts else None
     )
     reward_suite = build_rewards(args.rewards, device=PartialState().device, aggregation=args.reward_aggregation)
-    reward_suite.validate_columns(set(train.column_names))
     codec = build_codec_for(script)
     policy = build_policy(script, model_args, args.output_dir, codec, caption_words(train, evaluation))
     return ImageGRPOTrainer(

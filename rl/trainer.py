@@ -67,7 +67,7 @@ class ImageGRPOTrainer(GRPOTrainer):
         check_codec_matches(codec, vocab.codebook_size, vocab.grid)
         vocab = vocab.with_codec(codec_record(codec))
         vocab.attach_to_config(policy.model.config)  # checkpoints carry the layout, templates and codec
-        for name, dataset in (("train", train_dataset), ("eval", eval_dataset)):
+        for dataset in (train_dataset, eval_dataset):
             if dataset is not None:
                 rewards.validate_columns(set(dataset.column_names))
         if args.max_completion_length != vocab.num_image_tokens:
