@@ -5,6 +5,7 @@ The demo and the tests use these, so nothing needs downloaded weights.
 
 from __future__ import annotations
 
+import re
 from typing import Iterable
 
 import torch
@@ -23,6 +24,15 @@ BASIC_WORDS: tuple[str, ...] = tuple(
     square squares circle circles triangle triangles rectangle bar stripe dot dots shape shapes
     sky sea grass cat dog tree house sun moon . ,""".split()
 )
+
+
+#: What the tokenizer's Whitespace pre-tokenizer splits text into.
+_WORD = re.compile(r"\w+|[^\w\s]+")
+
+
+def caption_words(captions: Iterable[str]) -> list[str]:
+    """Sorted distinct lower-case words and punctuation runs of ``captions`` (a word tokenizer's vocabulary)."""
+    return sorted({w for c in captions for w in _WORD.findall(str(c).lower())})
 
 
 def build_word_tokenizer(

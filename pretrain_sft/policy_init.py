@@ -13,12 +13,11 @@ In every case the policy's grid becomes the cache's grid and its codebook must e
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 from typing import Iterable
 
 from policies.loading import Policy, check_model_folder, extend_llm, load_policy, load_tokenizer
-from policies.tiny import build_tiny_policy
+from policies.tiny import build_tiny_policy, caption_words
 from policies.vocab import CONFIG_KEY, SIMPLEAR_SPECIAL_TOKENS
 
 from .cache import CacheInfo, check_cache_fits
@@ -26,12 +25,6 @@ from .config import PolicyArguments
 from .demo_data import demo_words
 
 TINY = "tiny"
-_WORD = re.compile(r"\w+|[^\w\s]+")  # the word-level tokenizer's pre-tokenisation (Whitespace)
-
-
-def caption_words(captions: Iterable[str]) -> list[str]:
-    """Sorted distinct lower-case words and punctuation runs of ``captions``."""
-    return sorted({w for c in captions for w in _WORD.findall(c.lower())})
 
 
 def is_simplear_checkpoint(folder: Path) -> bool:

@@ -17,7 +17,7 @@ from trl import ModelConfig, TrlParser, get_peft_config
 
 from policies.codecs import build_codec
 from policies.loading import Policy, check_model_folder, load_policy
-from policies.tiny import build_tiny_policy
+from policies.tiny import build_tiny_policy, caption_words
 
 from .config import ImageGRPOConfig, ScriptArguments
 from .data import load_prompt_set
@@ -57,20 +57,12 @@ def build_codec_for(script: ScriptArguments, device: str | None = None):
     return build_codec(script.codec, path=script.codec_path, device=device, dtype=script.codec_dtype)
 
 
-def caption_words(*tables) -> list[str]:
+def prompt_words(*tables) -> list[str]:
     """Every word of every caption column, for the tiny policy's word-level tokenizer."""
-    import re
-
-    words: dict[str, None] = {}
-    for table in tables:
-        if table is None:
-            continue
-        for column in ("short_prompt", "long_prompt", "prompt"):
-            if column in table.column_names:
-                for text in table[column]:
-                    for w in re.findall(r"\w+|[^\w\s]+", str(text).lower()):
-                        words.setdefault(w, None)
-    return list(words)
+    columns = ("short_prompt", "long_prompt", "prompt")
+    return caption_words(
+        text for table in tables if table is not None for c in columns if c in table.column_names for text in table[c]
+    )
 
 
 def build_policy(script: ScriptArguments, model_args: ModelConfig, output_dir: str, codec, words: list[str]) -> Policy:
@@ -118,7 +110,7 @@ def build_trainer(script: ScriptArguments, args: ImageGRPOConfig, model_args: Mo
     )
     reward_suite = build_rewards(args.rewards, device=PartialState().device, aggregation=args.reward_aggregation)
     codec = build_codec_for(script)
-    policy = build_policy(script, model_args, args.output_dir, codec, caption_words(train, evaluation))
+    policy = build_policy(script, model_args, args.output_dir, codec, prompt_words(train, evaluation))
     return ImageGRPOTrainer(
         policy=policy,
         codec=codec,
