@@ -28,7 +28,13 @@ import time
 from pathlib import Path
 
 import torch
-from transformers import DynamicCache, GenerationConfig, LogitsProcessor, Qwen2Config, Qwen2ForCausalLM
+from transformers import (
+    DynamicCache,
+    GenerationConfig,
+    LogitsProcessor,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+)
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 

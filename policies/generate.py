@@ -16,10 +16,19 @@ from pathlib import Path
 
 import torch
 
-from .codecs import PaletteCodec, VisualCodec, available_codecs, build_codec, build_recorded_codec, check_codec_matches, codec_record
+from .codecs import (
+    PaletteCodec,
+    VisualCodec,
+    available_codecs,
+    build_codec,
+    build_recorded_codec,
+    check_codec_matches,
+    codec_record,
+)
+from .dtypes import resolve_dtype
 from .guidance import SamplingConfig
 from .images import captioned_grid, save_png, to_pil
-from .loading import Policy, check_model_folder, load_policy, resolve_dtype
+from .loading import Policy, check_model_folder, load_policy
 from .records import read_records
 from .rendering import render
 from .tiny import build_tiny_policy

@@ -16,9 +16,9 @@ from transformers import (
     PreTrainedTokenizerBase,
     PreTrainedTokenizerFast,
 )
-
 from transformers.integrations import is_deepspeed_zero3_enabled
 
+from .dtypes import resolve_dtype
 from .vocab import SIMPLEAR_SPECIAL_TOKENS, VisualVocab, check_model_vocab
 
 logger = logging.getLogger(__name__)
@@ -63,20 +63,6 @@ class Policy:
         self.vocab.attach_to_config(self.model.config)
         self.model.save_pretrained(out_dir)
         self.tokenizer.save_pretrained(out_dir)
-
-
-def resolve_dtype(dtype: str | torch.dtype | None, device: str | torch.device | None) -> torch.dtype:
-    """``None``/"auto" → bf16 on CUDA, fp32 elsewhere; strings like "bfloat16" → torch dtypes."""
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    if dtype in (None, "auto"):
-        return torch.bfloat16 if torch.device(device or "cpu").type == "cuda" else torch.float32
-    aliases = {"bf16": "bfloat16", "fp16": "float16", "half": "float16", "fp32": "float32", "float": "float32"}
-    name = aliases.get(dtype, dtype)
-    value = getattr(torch, name, None)
-    if not isinstance(value, torch.dtype):
-        raise ValueError(f"unknown dtype {dtype!r}; use one of auto, float32, bfloat16, float16")
-    return value
 
 
 def check_model_folder(path: str | Path, what: str = "policy checkpoint") -> Path:

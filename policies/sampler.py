@@ -15,7 +15,12 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers import DynamicCache
 
-from .guidance import SamplingConfig, entropy_from_logprobs, sample_from_logprobs, sampling_logprobs
+from .guidance import (
+    SamplingConfig,
+    entropy_from_logprobs,
+    sample_from_logprobs,
+    sampling_logprobs,
+)
 from .heads import decoder_of, position_ids_from_mask, visual_head, visual_logits
 from .vocab import VisualVocab
 

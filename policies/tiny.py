@@ -93,7 +93,9 @@ def build_tiny_policy(
 
     Returns a :class:`policies.loading.Policy`.
     """
-    from .loading import Policy  # local import: loading imports this module's tokenizer helpers lazily too
+    from .loading import (
+        Policy,  # local import: loading imports this module's tokenizer helpers lazily too
+    )
 
     tokenizer = build_word_tokenizer(words)
     vocab = VisualVocab(

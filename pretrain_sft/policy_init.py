@@ -16,7 +16,13 @@ import json
 from pathlib import Path
 from typing import Iterable
 
-from policies.loading import Policy, check_model_folder, extend_llm, load_policy, load_tokenizer
+from policies.loading import (
+    Policy,
+    check_model_folder,
+    extend_llm,
+    load_policy,
+    load_tokenizer,
+)
 from policies.tiny import build_tiny_policy, caption_words
 from policies.vocab import CONFIG_KEY, SIMPLEAR_SPECIAL_TOKENS
 

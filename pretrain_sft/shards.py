@@ -19,7 +19,13 @@ from pathlib import Path
 
 import datasets
 
-from .cache import CacheError, CacheInfo, read_jsonl, rows_to_dataset, save_dataset_atomic
+from .cache import (
+    CacheError,
+    CacheInfo,
+    read_jsonl,
+    rows_to_dataset,
+    save_dataset_atomic,
+)
 
 RUN_FILE = "run.json"
 

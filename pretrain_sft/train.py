@@ -25,7 +25,13 @@ from typing import Iterator
 
 import torch
 
-from .cache import CacheError, CacheInfo, check_cache_resolution, load_cache, read_cache_info
+from .cache import (
+    CacheError,
+    CacheInfo,
+    check_cache_resolution,
+    load_cache,
+    read_cache_info,
+)
 from .config import STAGES, PolicyArguments, StageArguments, StageTrainingArguments
 from .policy_init import check_start_path, init_policy
 from .sequences import SequenceBuilder, TokenSequenceDataset, collate_left_padded

@@ -20,7 +20,13 @@ from .errors import (
     RewardOutputLengthError,
     RewardScoreError,
 )
-from .registry import ENTRY_POINT_GROUP, RewardInfo, available_rewards, get_reward_class, register_reward
+from .registry import (
+    ENTRY_POINT_GROUP,
+    RewardInfo,
+    available_rewards,
+    get_reward_class,
+    register_reward,
+)
 from .specs import build_rewards
 from .suite import AGGREGATIONS, ON_ERROR, Component, Gate, RewardSuite
 

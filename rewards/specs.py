@@ -17,7 +17,14 @@ import torch
 from .base import REQUIRED, Reward, describe_parameters
 from .errors import RewardCheckpointError, RewardConfigError
 from .registry import get_reward_class
-from .suite import AGGREGATIONS, Component, Gate, RewardSuite, check_choice, evaluation_order
+from .suite import (
+    AGGREGATIONS,
+    Component,
+    Gate,
+    RewardSuite,
+    check_choice,
+    evaluation_order,
+)
 
 #: Keys of a spec that configure the suite rather than the reward.
 SPEC_KEYS = ("name", "weight", "as", "clip", "gate")

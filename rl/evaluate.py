@@ -17,7 +17,13 @@ from pathlib import Path
 
 import torch
 
-from policies.generate import Setup, add_policy_arguments, add_sampling_arguments, build_setup, image_seeds
+from policies.generate import (
+    Setup,
+    add_policy_arguments,
+    add_sampling_arguments,
+    build_setup,
+    image_seeds,
+)
 from policies.images import captioned_grid, save_png, to_pil
 from policies.records import read_records
 from policies.rendering import render

@@ -88,7 +88,9 @@ def build_policy(script: ScriptArguments, model_args: ModelConfig, output_dir: s
 
 def build_trainer(script: ScriptArguments, args: ImageGRPOConfig, model_args: ModelConfig, callbacks=None):
     """Everything a run needs, validated in order; returns the ready trainer."""
-    from rewards import build_rewards  # heavy optional models load here, after the cheap checks
+    from rewards import (
+        build_rewards,  # heavy optional models load here, after the cheap checks
+    )
 
     from .trainer import ImageGRPOTrainer
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from policies.codecs import CosmosCodec, FSQ, build_codec
+from policies.codecs import FSQ, CosmosCodec, build_codec
 
 LEVELS = (8, 8, 8, 5, 5, 5)
 BASIS = (1, 8, 64, 512, 2560, 12800)

@@ -2,7 +2,12 @@
 
 import pytest
 
-from policies.codecs import PaletteCodec, available_codecs, build_codec, check_codec_matches
+from policies.codecs import (
+    PaletteCodec,
+    available_codecs,
+    build_codec,
+    check_codec_matches,
+)
 
 
 def test_available_codecs_lists_palette_and_cosmos():

@@ -14,9 +14,23 @@ import torch
 from PIL import Image
 
 from policies.codecs import PaletteCodec
-from pretrain_sft.cache import INFO_FILE, SKIPPED_FILE, CacheError, CacheInfo, load_cache, publish_cache, read_cache_info
+from pretrain_sft.cache import (
+    INFO_FILE,
+    SKIPPED_FILE,
+    CacheError,
+    CacheInfo,
+    load_cache,
+    publish_cache,
+    read_cache_info,
+)
 from pretrain_sft.demo_data import write_image_folder
-from pretrain_sft.extract import ExtractArguments, encode_records, extract, main, merge_into_cache
+from pretrain_sft.extract import (
+    ExtractArguments,
+    encode_records,
+    extract,
+    main,
+    merge_into_cache,
+)
 from pretrain_sft.images import prepare_image
 from pretrain_sft.shards import WorkArea, shard
 from pretrain_sft.sources import MetaError, read_records

@@ -8,10 +8,16 @@ from pathlib import Path
 import pytest
 import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
-from transformers import GenerationConfig, PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+from transformers import (
+    GenerationConfig,
+    PreTrainedTokenizerFast,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+)
 
+from policies.dtypes import resolve_dtype
 from policies.guidance import SamplingConfig
-from policies.loading import extend_llm, load_policy, resolve_dtype
+from policies.loading import extend_llm, load_policy
 from policies.sampler import sample_images
 from policies.tiny import build_tiny_policy, build_word_tokenizer
 from policies.vocab import SIMPLEAR_SPECIAL_TOKENS

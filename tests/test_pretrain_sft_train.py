@@ -15,7 +15,13 @@ from transformers.tokenization_utils_tokenizers import TokenizersBackend
 from policies import SamplingConfig, load_policy, sample_images
 from policies.codecs import PaletteCodec
 from policies.tiny import build_tiny_policy, build_word_tokenizer, tiny_qwen2_config
-from pretrain_sft.cache import INFO_FILE, CacheError, publish_cache, read_cache_info, rows_to_dataset
+from pretrain_sft.cache import (
+    INFO_FILE,
+    CacheError,
+    publish_cache,
+    read_cache_info,
+    rows_to_dataset,
+)
 from pretrain_sft.demo_data import write_image_folder
 from pretrain_sft.extract import ExtractArguments, extract
 from pretrain_sft.train import cpu_threads, main_pretrain, main_sft

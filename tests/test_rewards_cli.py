@@ -8,9 +8,18 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from rewards_helpers import (  # noqa: F401
+    RED,
+    TINY_ARCH,
+    WHITE,
+    canvas,
+    demo_object,
+    isolated_registry,
+    paint,
+    tiny_weights,
+)
 
 from rewards import build_rewards, cli, register_reward
-from rewards_helpers import RED, TINY_ARCH, WHITE, canvas, demo_object, isolated_registry, paint, tiny_weights  # noqa: F401
 
 LEFT = [0.0, 0.0, 0.5, 1.0]
 

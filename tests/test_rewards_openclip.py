@@ -7,12 +7,17 @@ import pytest
 import torch
 import torch.nn.functional as F
 from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
+from rewards_helpers import OTHER_ARCH, TINY_ARCH, tiny_weights  # noqa: F401  (fixture)
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as TF
 
-from rewards import RewardCheckpointError, RewardConfigError, build_rewards, openclip_models
+from rewards import (
+    RewardCheckpointError,
+    RewardConfigError,
+    build_rewards,
+    openclip_models,
+)
 from rewards.preprocess import letterbox_pixels
-from rewards_helpers import OTHER_ARCH, TINY_ARCH, tiny_weights  # noqa: F401  (fixture)
 
 PROMPTS = ["a red square on the left", "two blue circles", "a red square on the left"]
 

@@ -12,9 +12,16 @@ from pathlib import Path
 
 import pytest
 import torch
+from rewards_helpers import (  # noqa: F401
+    RED,
+    canvas,
+    demo_object,
+    isolated_registry,
+    paint,
+    write_plugin_dist,
+)
 
 from rewards import RewardConfigError, available_rewards, build_rewards, cli
-from rewards_helpers import RED, canvas, demo_object, isolated_registry, paint, write_plugin_dist  # noqa: F401
 
 PLUGIN_SOURCE = Path(__file__).parent / "plugins" / "simplear_rl_example_plugin"
 DIST = "simplear-rl-example-plugin"

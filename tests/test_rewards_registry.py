@@ -6,11 +6,19 @@ import textwrap
 
 import pytest
 import torch
+from rewards_helpers import isolated_registry  # noqa: F401  (fixture)
 
 import rewards
-from rewards import FunctionReward, Reward, RewardConfigError, available_rewards, build_rewards, get_reward_class, register_reward
+from rewards import (
+    FunctionReward,
+    Reward,
+    RewardConfigError,
+    available_rewards,
+    build_rewards,
+    get_reward_class,
+    register_reward,
+)
 from rewards.base import REQUIRED
-from rewards_helpers import isolated_registry  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.usefixtures("isolated_registry")
 

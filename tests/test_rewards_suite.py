@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from rewards_helpers import isolated_registry  # noqa: F401  (fixture)
 
 from rewards import (
     RewardConfigError,
@@ -14,7 +15,6 @@ from rewards import (
     build_rewards,
     register_reward,
 )
-from rewards_helpers import isolated_registry  # noqa: F401  (fixture)
 
 CALLS: list[int] = []  # batch sizes seen by t_value
 

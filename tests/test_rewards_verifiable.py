@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from rewards_helpers import BLACK, BLUE, RED, WHITE, canvas, demo_object, paint
 
 from rewards import build_rewards
 from rewards.verifiable import background, color_region, count_components, object_count
-from rewards_helpers import BLACK, BLUE, RED, WHITE, canvas, demo_object, paint
 
 LEFT = [0.0, 0.0, 0.5, 1.0]  # 32 x 64 px on a 64 px canvas
 RIGHT = [0.5, 0.0, 1.0, 1.0]

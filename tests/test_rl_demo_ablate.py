@@ -6,8 +6,8 @@ from pathlib import Path
 import yaml
 from PIL import Image
 
-from rl.ablate import main as ablate_main
 from rl.ablate import AblationSpec, as_cli, variant_command
+from rl.ablate import main as ablate_main
 from rl.curves import read_metrics
 from rl.demo import main as demo_main
 

@@ -5,7 +5,8 @@ from pathlib import Path
 import pytest
 
 from policies.tiny import build_tiny_policy
-from rl.grpo import build_parser, main as grpo_main
+from rl.grpo import build_parser
+from rl.grpo import main as grpo_main
 
 REPO = Path(__file__).resolve().parents[1]
 REAL = sorted((REPO / "recipes" / "simplear_0.5b").glob("grpo_*.yaml"))

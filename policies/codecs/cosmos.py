@@ -13,39 +13,13 @@ from typing import Sequence
 
 import torch
 
+from ..dtypes import resolve_dtype
 from .base import VisualCodec
 from .checks import check_code_range, check_codes, check_pixels
 from .fsq import COSMOS_FSQ_LEVELS, FSQ
 
 ENCODER_FILE = "encoder.jit"
 DECODER_FILE = "decoder.jit"
-
-_DTYPE_NAMES = {
-    "bf16": torch.bfloat16,
-    "bfloat16": torch.bfloat16,
-    "fp16": torch.float16,
-    "float16": torch.float16,
-    "half": torch.float16,
-    "fp32": torch.float32,
-    "float32": torch.float32,
-    "float": torch.float32,
-}
-
-
-def resolve_dtype(dtype: torch.dtype | str | None, device: torch.device) -> torch.dtype:
-    """A torch dtype from a dtype, a recipe name (``bf16``, ``float32``...) or ``None``.
-
-    ``None`` means bf16 on CUDA (the dtype Cosmos ships in) and fp32 elsewhere (CPU bf16 is slow).
-    """
-    if dtype is None:
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    name = str(dtype).removeprefix("torch.").lower()
-    if name not in _DTYPE_NAMES:
-        raise ValueError(f"unknown codec dtype {dtype!r}; use one of {sorted(_DTYPE_NAMES)}")
-    return _DTYPE_NAMES[name]
-
 
 def tokenizer_files(path: str | Path) -> tuple[Path, Path]:
     """The ``(encoder.jit, decoder.jit)`` paths of a tokenizer folder; raises if any is missing."""
