@@ -29,7 +29,7 @@ from .dtypes import resolve_dtype
 from .guidance import SamplingConfig
 from .images import captioned_grid, save_png, to_pil
 from .loading import Policy, check_model_folder, load_policy
-from .records import read_records
+from .records import read_records, write_jsonl
 from .rendering import render
 from .tiny import build_tiny_policy
 from .vocab import CONFIG_KEY
@@ -178,8 +178,7 @@ def generate(args: argparse.Namespace, captions: list[str], setup: Setup, out: P
         records.append({"file": name, "prompt_index": i, "prompt": captions[i], "sample": s, "seed": seed, **settings})
     grid_captions = [captions[i] if s == 0 else "" for i, s, _ in jobs]
     save_png(captioned_grid(images, grid_captions, ncol=args.num_images), out / "grid.png")
-    with open(out / "metadata.jsonl", "w", encoding="utf-8") as f:
-        f.writelines(json.dumps(r) + "\n" for r in records)
+    write_jsonl(out / "metadata.jsonl", records)
     return records
 
 

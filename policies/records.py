@@ -52,3 +52,23 @@ def read_records(path: str | Path, what: str = "file", text_key: str | None = No
         if not isinstance(row, dict):
             raise RecordsError(f"row {i + 1} of {name} is a {type(row).__name__}, expected an object")
     return rows
+
+
+def write_text_atomic(path: str | Path, text: str) -> Path:
+    """Write ``text`` beside ``path`` and rename it into place, so a crash never leaves half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
+    return path
+
+
+def write_jsonl(path: str | Path, rows) -> Path:
+    """One JSON object per line, written atomically."""
+    return write_text_atomic(path, "".join(json.dumps(row) + "\n" for row in rows))
+
+
+def write_json(path: str | Path, data) -> Path:
+    """Indented JSON, written atomically."""
+    return write_text_atomic(path, json.dumps(data, indent=2) + "\n")

@@ -28,6 +28,8 @@ from typing import Any, Iterable, Iterator
 
 import datasets
 
+from policies.records import write_jsonl
+
 INFO_FILE = "simplear_cache.json"
 SKIPPED_FILE = "skipped.jsonl"
 FORMAT_VERSION = 1
@@ -237,12 +239,6 @@ def publish_cache(dataset: datasets.Dataset, info: CacheInfo, out: str | Path, s
     os.replace(tmp, out)
     shutil.rmtree(old, ignore_errors=True)
     return out
-
-
-def write_jsonl(path: Path, rows: Iterable[dict]) -> None:
-    with open(path, "w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row) + "\n")
 
 
 def read_jsonl(path: Path) -> list[dict]:

@@ -22,6 +22,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from policies.records import write_jsonl
+
 from .cache import (
     INFO_FILE,
     SKIPPED_FILE,
@@ -34,7 +36,6 @@ from .cache import (
     publish_cache,
     quiet_datasets,
     read_cache_info,
-    write_jsonl,
 )
 from .images import SkipImage, prepare_image
 from .shards import WorkArea, shard
@@ -151,9 +152,7 @@ def merge_into_cache(out: Path, area: WorkArea, info: CacheInfo) -> tuple[int, i
     if not parts and (out / INFO_FILE).exists():  # nothing new was encoded: refresh only the report, atomically
         encoded = cached_ids(out)
         skipped = _final_skips(area.skipped(), encoded)
-        tmp = out / f".{SKIPPED_FILE}.tmp"
-        write_jsonl(tmp, skipped)
-        tmp.replace(out / SKIPPED_FILE)
+        write_jsonl(out / SKIPPED_FILE, skipped)
         return len(encoded), len(skipped)
     merged = merge_parts(old + parts)
     skipped = _final_skips(area.skipped(), set(merged["id"]))

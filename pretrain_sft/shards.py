@@ -19,6 +19,8 @@ from pathlib import Path
 
 import datasets
 
+from policies.records import write_json
+
 from .cache import (
     CacheError,
     CacheInfo,
@@ -56,9 +58,7 @@ class WorkArea:
                 )
             return
         self.root.mkdir(parents=True, exist_ok=True)
-        tmp = run_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps(info.to_dict(), indent=2) + "\n")
-        tmp.replace(run_file)
+        write_json(run_file, info.to_dict())
 
     def part_folders(self) -> list[Path]:
         """Every complete part, in a stable order."""

@@ -14,7 +14,6 @@ last``) and the final policy, loadable with :func:`policies.load_policy` and wit
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import os
 import shutil
@@ -24,6 +23,8 @@ from pathlib import Path
 from typing import Iterator
 
 import torch
+
+from policies.records import write_json
 
 from .cache import (
     CacheError,
@@ -140,13 +141,6 @@ def _cache_rows(path: str, limit: int | None = None):
     return rows.select(range(min(limit, len(rows)))) if limit else rows
 
 
-def _write_run_record(output_dir: str, record: dict) -> None:
-    path = Path(output_dir) / RUN_INFO_FILE
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(record, indent=2) + "\n")
-    os.replace(tmp, path)
-
-
 def run(stage_args: StageArguments, policy_args: PolicyArguments, training_args: StageTrainingArguments) -> Path:
     """Train one stage; returns the run folder holding the final policy."""
     info, resume = check_before_loading(stage_args, policy_args, training_args)
@@ -186,7 +180,7 @@ def run(stage_args: StageArguments, policy_args: PolicyArguments, training_args:
         trainer.train(resume_from_checkpoint=resume)
     save_final_model(trainer, training_args.output_dir)
     if trainer.is_world_process_zero():
-        _write_run_record(training_args.output_dir, {
+        write_json(Path(training_args.output_dir) / RUN_INFO_FILE, {
             "stage": stage_args.stage,
             "cache": str(Path(stage_args.cache).resolve()),
             "cache_info": info.to_dict(),

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import yaml
 
+from policies.records import write_json
+
 from .curves import overlay_runs
 from .evaluate import evaluate_prompt_lengths
 from .report import accuracy_table, reward_means_table
@@ -146,7 +148,7 @@ def write_summary(spec: AblationSpec, results: dict[str, dict[str, dict]]) -> Pa
     lines += ["![reward curves](reward_curves.png)", ""]
     path = out / "ablation.md"
     path.write_text("\n".join(lines), encoding="utf-8")
-    (out / "ablation.json").write_text(json.dumps(results, indent=2), encoding="utf-8")
+    write_json(out / "ablation.json", results)
     return path
 
 

@@ -12,6 +12,8 @@ from pathlib import Path
 
 from transformers import ProgressCallback, TrainerCallback
 
+from policies.records import write_json, write_text_atomic
+
 from .curves import CURVE_FILE, METRICS_FILE, plot_reward_curve, read_metrics
 
 logger = logging.getLogger(__name__)
@@ -52,9 +54,7 @@ class MetricsFileCallback(TrainerCallback):
         if stale:
             with open(self.path.with_name(DISCARDED_FILE), "a", encoding="utf-8") as f:
                 f.write("\n".join(stale) + "\n")
-            tmp = self.path.with_name(self.path.name + ".tmp")
-            tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
-            tmp.replace(self.path)
+            write_text_atomic(self.path, "".join(line + "\n" for line in kept))
             logger.info("resuming at step %d: moved %d later records to %s", state.global_step, len(stale), DISCARDED_FILE)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
@@ -62,7 +62,7 @@ class MetricsFileCallback(TrainerCallback):
             return
         if any(k in logs for k in _SUMMARY_KEYS[:3]):
             summary = {k: _jsonable(v) for k, v in logs.items()}
-            (self.path.parent / SUMMARY_FILE).write_text(json.dumps({"step": state.global_step, **summary}, indent=2))
+            write_json(self.path.parent / SUMMARY_FILE, {"step": state.global_step, **summary})
             return
         record = {"step": state.global_step, **{k: _jsonable(v) for k, v in logs.items()}}
         self.path.parent.mkdir(parents=True, exist_ok=True)

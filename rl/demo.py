@@ -18,6 +18,8 @@ from typing import Callable
 
 from trl import TrlParser
 
+from policies.records import write_json
+
 from .evaluate import evaluate_prompt_lengths
 from .report import accuracy_table, report_figure, reward_means_table
 
@@ -199,7 +201,7 @@ def write_report(p: Pipeline, results: dict[str, dict[str, dict]]) -> Path:
     lines.append(f"| total | {sum(p.timings.values()):.0f} | |")
     path = out / "report.md"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    (out / "report.json").write_text(json.dumps({"results": results, "gain_points": gains, "seconds": p.timings}, indent=2))
+    write_json(out / "report.json", {"results": results, "gain_points": gains, "seconds": p.timings})
     return path
 
 

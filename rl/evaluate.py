@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +24,7 @@ from policies.generate import (
     image_seeds,
 )
 from policies.images import captioned_grid, save_png, to_pil
-from policies.records import read_records
+from policies.records import read_records, write_json, write_jsonl
 from policies.rendering import render
 from rewards.errors import RewardError
 
@@ -61,13 +60,13 @@ def write_geneval(setup: Setup, metadata_file: str | Path, out: str | Path, num_
     for i, row in enumerate(rows):
         folder = out / f"{i:05d}"
         (folder / "samples").mkdir(parents=True, exist_ok=True)
-        (folder / "metadata.jsonl").write_text(json.dumps(row) + "\n", encoding="utf-8")
+        write_jsonl(folder / "metadata.jsonl", [row])
         mine = [(k, job) for k, job in enumerate(jobs) if job[0] == i]
         for k, (_, sample, _) in mine:
             to_pil(images[k]).save(folder / "samples" / f"{sample:04d}.png")
         save_png(captioned_grid(images[[k for k, _ in mine]], ncol=min(num_images, 4)), folder / "grid.png")
         record = {"prompt": row["prompt"], "seeds": [job[2] for _, job in mine], **_settings(setup)}
-        (folder / "generation.json").write_text(json.dumps(record, indent=2), encoding="utf-8")
+        write_json(folder / "generation.json", record)
     return out
 
 
@@ -91,8 +90,7 @@ def write_dpg(setup: Setup, prompts_dir: str | Path, out: str | Path, seed: int,
         top, bottom = torch.cat([quad[0], quad[1]], dim=2), torch.cat([quad[2], quad[3]], dim=2)
         to_pil(torch.cat([top, bottom], dim=1)).save(out / f"{f.stem}.png")
         log.append({"name": f.stem, "prompt": captions[i], "seeds": [s for _, _, s in jobs[4 * i : 4 * i + 4]]})
-    with open(out / "generation.jsonl", "w", encoding="utf-8") as fh:
-        fh.writelines(json.dumps({**r, **_settings(setup)}) + "\n" for r in log)
+    write_jsonl(out / "generation.jsonl", [{**r, **_settings(setup)} for r in log])
     return out
 
 
@@ -146,9 +144,8 @@ def write_reward_eval(result: RewardEval, out: str | Path, max_grid: int = 32) -
     """``summary.json``, ``scores.jsonl`` and ``grid.png`` in ``out``."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "summary.json").write_text(json.dumps(result.summary, indent=2), encoding="utf-8")
-    with open(out / "scores.jsonl", "w", encoding="utf-8") as f:
-        f.writelines(json.dumps(r) + "\n" for r in result.per_prompt)
+    write_json(out / "summary.json", result.summary)
+    write_jsonl(out / "scores.jsonl", result.per_prompt)
     if result.images is not None:
         n = min(max_grid, len(result.images))
         save_png(captioned_grid(result.images[:n], result.captions[:n], ncol=8), out / "grid.png")
