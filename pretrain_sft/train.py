@@ -33,6 +33,7 @@ from .cache import (
     load_cache,
     read_cache_info,
 )
+from .checkpoints import resolve_resume
 from .config import STAGES, PolicyArguments, StageArguments, StageTrainingArguments
 from .policy_init import check_start_path, init_policy
 from .sequences import SequenceBuilder, TokenSequenceDataset, collate_left_padded
@@ -63,19 +64,7 @@ def parse_args(
     return stage_args, policy_args, training_args
 
 
-def resume_target(training_args: StageTrainingArguments) -> str | bool | None:
-    """``resume_from_checkpoint`` for ``Trainer.train``: ``last``/``true`` mean the newest checkpoint."""
-    value = training_args.resume_from_checkpoint
-    if value is None or str(value).lower() in ("", "none", "false"):
-        return None
-    if str(value).lower() in ("last", "true"):
-        return True
-    if not Path(value).is_dir():
-        raise FileNotFoundError(f"resume_from_checkpoint {value!r} is not a checkpoint folder")
-    return value
-
-
-def check_output_dir(output_dir: str, resume: str | bool | None) -> None:
+def check_output_dir(output_dir: str, resume: str | None) -> None:
     """Refuse to train over an earlier run's checkpoints or final model unless resuming."""
     out = Path(output_dir)
     earlier = sorted(p.name for p in out.glob("checkpoint-*")) + (["config.json"] if (out / "config.json").exists() else [])
@@ -117,7 +106,7 @@ def cpu_threads(count: int | None) -> Iterator[None]:
 
 def check_before_loading(
     stage_args: StageArguments, policy_args: PolicyArguments, training_args: StageTrainingArguments
-) -> tuple[CacheInfo, str | bool | None]:
+) -> tuple[CacheInfo, str | None]:
     """Every path and setting that can be checked without loading weights: ``(cache info, resume)``."""
     info = read_cache_info(stage_args.cache)
     check_cache_resolution(info, stage_args.resolution)
@@ -126,7 +115,7 @@ def check_before_loading(
         if not eval_info.same_encoding(info):
             raise CacheError(f"eval_cache holds {eval_info.describe()} but cache holds {info.describe()}; they must match")
     check_start_path(policy_args)
-    resume = resume_target(training_args)
+    resume = resolve_resume(training_args.resume_from_checkpoint, training_args.output_dir)
     check_output_dir(training_args.output_dir, resume)
     if training_args.n_gpu > 1:
         raise RuntimeError(

@@ -21,6 +21,7 @@ from pathlib import Path
 import yaml
 
 from policies.records import write_json
+from pretrain_sft.checkpoints import has_checkpoint
 
 from .curves import overlay_runs
 from .evaluate import evaluate_prompt_lengths
@@ -110,7 +111,7 @@ def run_variants(spec: AblationSpec) -> None:
             print(f"[ablate] {name}: finished earlier, reusing {run_dir}", flush=True)
             continue
         command = variant_command(spec, name)
-        if any(run_dir.glob("checkpoint-*/trainer_state.json")):
+        if has_checkpoint(run_dir):
             command += ["--resume_from_checkpoint", "last"]
         print(f"[ablate] {name}: {' '.join(command)}", flush=True)
         result = subprocess.run(command, env={**os.environ, "PYTHONUNBUFFERED": "1"})

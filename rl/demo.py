@@ -19,6 +19,7 @@ from typing import Callable
 from trl import TrlParser
 
 from policies.records import write_json
+from pretrain_sft.checkpoints import has_checkpoint
 
 from .evaluate import evaluate_prompt_lengths
 from .report import accuracy_table, report_figure, reward_means_table
@@ -74,10 +75,6 @@ def recipe_path(path: str) -> str:
     raise FileNotFoundError(f"demo recipe {path!r} does not exist (looked in . and {REPO})")
 
 
-def _has_checkpoint(folder: Path) -> bool:
-    return any(folder.glob("checkpoint-*/trainer_state.json"))
-
-
 class Pipeline:
     """Runs stages in order, reusing finished ones and timing each."""
 
@@ -95,7 +92,7 @@ class Pipeline:
             self.timings[name] = 0.0
             return
         folder = done.parent
-        if resumable and _has_checkpoint(folder):
+        if resumable and has_checkpoint(folder):
             argv = [*argv, "--resume_from_checkpoint", "last"]
             print(f"[demo] {name}: resuming from the last checkpoint in {folder}", flush=True)
         elif folder.exists() and resumable:

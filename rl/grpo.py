@@ -12,12 +12,12 @@ import sys
 from pathlib import Path
 
 from accelerate import PartialState
-from transformers.trainer_utils import get_last_checkpoint
 from trl import ModelConfig, TrlParser, get_peft_config
 
 from policies.codecs import build_codec
 from policies.loading import Policy, check_model_folder, load_policy
 from policies.tiny import build_tiny_policy, caption_words
+from pretrain_sft.checkpoints import resolve_resume
 
 from .config import ImageGRPOConfig, ScriptArguments
 from .data import load_prompt_set
@@ -125,21 +125,6 @@ def build_trainer(script: ScriptArguments, args: ImageGRPOConfig, model_args: Mo
     )
 
 
-def resolve_resume(args: ImageGRPOConfig) -> str | None:
-    """``resume_from_checkpoint``: a path, or ``last``/``true`` for the newest checkpoint in output_dir."""
-    value = args.resume_from_checkpoint
-    if value is None or str(value).lower() in ("", "false", "none"):
-        return None
-    if str(value).lower() in ("last", "true"):
-        last = get_last_checkpoint(args.output_dir) if Path(args.output_dir).is_dir() else None
-        if last is None:
-            raise FileNotFoundError(f"resume_from_checkpoint={value!r} but {args.output_dir!r} holds no checkpoint-N folder")
-        return last
-    if not Path(value).is_dir():
-        raise FileNotFoundError(f"resume_from_checkpoint {value!r} is not a checkpoint folder")
-    return value
-
-
 def finish_wandb(args: ImageGRPOConfig) -> None:
     """Close the wandb run so offline run folders are complete when ``run`` returns."""
     if args.report_to and "wandb" in args.report_to:
@@ -161,7 +146,7 @@ def train_and_save(trainer, args: ImageGRPOConfig, resume: str | None):
 
 def run(script: ScriptArguments, args: ImageGRPOConfig, model_args: ModelConfig):
     """Build, train and save; returns the trainer."""
-    resume = resolve_resume(args)
+    resume = resolve_resume(args.resume_from_checkpoint, args.output_dir)
     return train_and_save(build_trainer(script, args, model_args), args, resume)
 
 
@@ -176,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         script, args, model_args = build_parser().parse_args_and_config(argv)
-        resume = resolve_resume(args)
+        resume = resolve_resume(args.resume_from_checkpoint, args.output_dir)
         trainer = build_trainer(script, args, model_args)
     except (OSError, ValueError, RewardError) as err:
         print(f"simplear-rl grpo: error: {err}", file=sys.stderr)
