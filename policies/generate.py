@@ -105,6 +105,23 @@ class Setup:
     config: SamplingConfig
     uncond_text: str
 
+    def settings(self) -> dict:
+        """Everything besides caption and seed that decides an image, for the records written next to it."""
+        c = self.config
+        return {
+            "cfg_scale": c.cfg_scale, "temperature": c.temperature, "top_k": c.top_k, "top_p": c.top_p,
+            "prompt_prefix": self.policy.vocab.prompt_prefix, "uncond_prompt": self.uncond_text,
+            "grid": list(self.grid), "resolution": list(self.codec.resolution_for(self.grid)),
+            "codec": codec_record(self.codec),
+        }
+
+    def render(self, captions: list[str], jobs: list[tuple[int, int, int]], batch_size: int) -> torch.Tensor:
+        """Images ``[N,3,H,W]`` in ``[0,1]`` for :func:`image_seeds` jobs ``(caption index, sample, seed)``."""
+        return render(
+            self.policy, self.codec, [captions[i] for i, _, _ in jobs], [seed for _, _, seed in jobs], self.config,
+            uncond_ids=self.policy.encode_text(self.uncond_text), grid=self.grid, batch_size=batch_size,
+        )
+
 
 def recorded_codec(model: str | Path) -> dict | None:
     """The codec a checkpoint records in its config (read without loading the model)."""
@@ -159,18 +176,9 @@ def build_setup(args: argparse.Namespace, log) -> Setup:
 
 def generate(args: argparse.Namespace, captions: list[str], setup: Setup, out: Path) -> list[dict]:
     """Sample ``num_images`` per caption in batches; write PNGs, ``grid.png`` and ``metadata.jsonl``."""
-    policy, codec = setup.policy, setup.codec
     jobs = image_seeds(args.seed, len(captions), args.num_images)
-    settings = {
-        "cfg_scale": setup.config.cfg_scale, "temperature": setup.config.temperature, "top_k": setup.config.top_k,
-        "top_p": setup.config.top_p, "prompt_prefix": policy.vocab.prompt_prefix, "uncond_prompt": setup.uncond_text,
-        "grid": list(setup.grid), "resolution": list(codec.resolution_for(setup.grid)),
-        "model": args.model or "tiny-default", "codec": codec_record(codec),
-    }
-    images = render(
-        policy, codec, [captions[i] for i, _, _ in jobs], [seed for _, _, seed in jobs], setup.config,
-        uncond_ids=policy.encode_text(setup.uncond_text), grid=setup.grid, batch_size=args.batch_size,
-    )
+    settings = {**setup.settings(), "model": args.model or "tiny-default"}
+    images = setup.render(captions, jobs, args.batch_size)
     records = []
     for (i, s, seed), image in zip(jobs, images):
         name = f"{i}_{s}.png"

@@ -25,24 +25,9 @@ from policies.generate import (
 )
 from policies.images import captioned_grid, save_png, to_pil
 from policies.records import read_records, write_json, write_jsonl
-from policies.rendering import render
 from rewards.errors import RewardError
 
 from .data import load_prompt_set
-
-
-def _settings(setup: Setup) -> dict:
-    c = setup.config
-    return {"cfg_scale": c.cfg_scale, "temperature": c.temperature, "top_k": c.top_k, "top_p": c.top_p,
-            "prompt_prefix": setup.policy.vocab.prompt_prefix, "uncond_prompt": setup.uncond_text,
-            "grid": list(setup.grid)}
-
-
-def _render_jobs(setup: Setup, captions: list[str], jobs: list[tuple[int, int, int]], batch_size: int) -> torch.Tensor:
-    return render(
-        setup.policy, setup.codec, [captions[i] for i, _, _ in jobs], [seed for _, _, seed in jobs], setup.config,
-        uncond_ids=setup.policy.encode_text(setup.uncond_text), grid=setup.grid, batch_size=batch_size,
-    )
 
 
 # ----------------------------------------------------------------------------- GenEval
@@ -55,7 +40,7 @@ def write_geneval(setup: Setup, metadata_file: str | Path, out: str | Path, num_
         raise ValueError(f"GenEval metadata rows {missing[:5]} have no 'prompt'; pass evaluation_metadata.jsonl")
     captions = [r["prompt"] for r in rows]
     jobs = image_seeds(seed, len(captions), num_images)
-    images = _render_jobs(setup, captions, jobs, batch_size)
+    images = setup.render(captions, jobs, batch_size)
     out = Path(out)
     for i, row in enumerate(rows):
         folder = out / f"{i:05d}"
@@ -65,7 +50,7 @@ def write_geneval(setup: Setup, metadata_file: str | Path, out: str | Path, num_
         for k, (_, sample, _) in mine:
             to_pil(images[k]).save(folder / "samples" / f"{sample:04d}.png")
         save_png(captioned_grid(images[[k for k, _ in mine]], ncol=min(num_images, 4)), folder / "grid.png")
-        record = {"prompt": row["prompt"], "seeds": [job[2] for _, job in mine], **_settings(setup)}
+        record = {"prompt": row["prompt"], "seeds": [job[2] for _, job in mine], **setup.settings()}
         write_json(folder / "generation.json", record)
     return out
 
@@ -81,7 +66,7 @@ def write_dpg(setup: Setup, prompts_dir: str | Path, out: str | Path, seed: int,
         raise ValueError(f"DPG prompts folder {str(prompts_dir)!r} has no .txt prompt files")
     captions = [f.read_text(encoding="utf-8").strip() for f in files]
     jobs = image_seeds(seed, len(captions), 4)
-    images = _render_jobs(setup, captions, jobs, batch_size)
+    images = setup.render(captions, jobs, batch_size)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     log = []
@@ -90,7 +75,7 @@ def write_dpg(setup: Setup, prompts_dir: str | Path, out: str | Path, seed: int,
         top, bottom = torch.cat([quad[0], quad[1]], dim=2), torch.cat([quad[2], quad[3]], dim=2)
         to_pil(torch.cat([top, bottom], dim=1)).save(out / f"{f.stem}.png")
         log.append({"name": f.stem, "prompt": captions[i], "seeds": [s for _, _, s in jobs[4 * i : 4 * i + 4]]})
-    write_jsonl(out / "generation.jsonl", [{**r, **_settings(setup)} for r in log])
+    write_jsonl(out / "generation.jsonl", [{**r, **setup.settings()} for r in log])
     return out
 
 
@@ -115,7 +100,7 @@ def evaluate_rewards(setup: Setup, table, suite, num_images: int, seed: int, bat
     """Sample ``num_images`` per prompt row of ``table`` and score them with ``suite``."""
     captions = list(table["prompt"])
     jobs = image_seeds(seed, len(captions), num_images)
-    images = _render_jobs(setup, captions, jobs, batch_size)
+    images = setup.render(captions, jobs, batch_size)
     rows = [table[i] for i, _, _ in jobs]
     metadata = {c: [r[c] for r in rows] for c in table.column_names if c != "prompt"}
     scores = suite.score(images, [captions[i] for i, _, _ in jobs], **metadata)
