@@ -76,6 +76,8 @@ class ImageGRPOTrainer(GRPOTrainer):
         args.reward_weights = list(rewards.weights)
         args.multi_objective_aggregation = "sum_then_normalize" if rewards.aggregation == "sum" else "normalize_then_sum"
         self.vocab = vocab
+        # The policy as trained here (recipe templates applied): prompt encoding goes through it.
+        self.policy = Policy(model=policy.model, tokenizer=policy.tokenizer, vocab=vocab)
         self.reward_suite = rewards
         self.sampling = SamplingConfig(
             cfg_scale=args.cfg_scale, temperature=args.temperature, top_k=args.top_k or 0, top_p=args.top_p
@@ -101,8 +103,8 @@ class ImageGRPOTrainer(GRPOTrainer):
             callbacks=callbacks,
         )
         self.codec = codec.to(self.accelerator.device)
-        self._uncond_ids = self._encode(vocab.format_uncond())
-        self._pad_id = self._tokenizer.pad_token_id
+        self._uncond_ids = self.policy.encode_uncond()
+        self._pad_id = self.policy.pad_id
         self._pending_rollout: dict | None = None
         self._rollout_global_step = -1
         self._loss_inputs: dict | None = None
@@ -115,9 +117,6 @@ class ImageGRPOTrainer(GRPOTrainer):
         self.add_callback(RewardCurveCallback(args.output_dir, smoothing=args.reward_curve_smoothing))
 
     # ------------------------------------------------------------------ rollout
-    def _encode(self, text: str) -> list[int]:
-        return self._tokenizer(text, add_special_tokens=False)["input_ids"]
-
     def _rollout_seeds(self, n: int, mode: str) -> list[int]:
         """Per-row seeds from (seed, step, mode, rank, call): reproducible, distinct across ranks and rows."""
         key = (mode, self.state.global_step)
@@ -130,7 +129,7 @@ class ImageGRPOTrainer(GRPOTrainer):
         mode = "train" if self.model.training else "eval"
         if not all(isinstance(p, str) for p in prompts):
             raise TypeError("image GRPO expects plain-text prompts (the caption), not conversations")
-        prompt_ids = [self._encode(self.vocab.format_cond(caption)) for caption in prompts]
+        prompt_ids = self.policy.encode_prompts(prompts)
         seeds = self._rollout_seeds(len(prompts), mode)
         start = time.perf_counter()
         with (
