@@ -156,10 +156,11 @@ def evaluate_prompt_lengths(
     """
     from rewards import build_rewards
 
-    args = argparse.Namespace(
-        model=str(model), codec=codec, codec_path=codec_path, resolution=None, prompt_prefix=None,
-        uncond_prompt=None, device=None, dtype="auto", cfg_scale=cfg_scale, temperature=1.0, top_k=0, top_p=1.0,
-    )
+    parser = argparse.ArgumentParser()
+    add_policy_arguments(parser, model_required=True)
+    add_sampling_arguments(parser)  # every other flag keeps the command line's default
+    args = parser.parse_args(["--model", str(model), "--cfg_scale", str(cfg_scale)])
+    args.codec, args.codec_path = codec, codec_path
     setup = build_setup(args, log=lambda message: print(f"simplear-rl eval: {message}", file=sys.stderr))
     suite = build_rewards([{"name": name} for name in reward_names])
     summaries = {}
