@@ -99,7 +99,9 @@ class Pipeline:
             shutil.rmtree(folder)  # an unfinished stage with nothing to resume from
         print(f"[demo] {name} ...", flush=True)
         start = time.perf_counter()
-        run(argv)
+        status = run(argv)
+        if status:  # entry points report setup errors as a non-zero status instead of raising
+            raise RuntimeError(f"demo stage {name!r} failed with status {status}; its error is printed above")
         self.timings[name] = time.perf_counter() - start
         print(f"[demo] {name} done in {self.timings[name]:.0f} s", flush=True)
 

@@ -77,3 +77,16 @@ def test_prompt_length_ablation_trains_each_variant_and_overlays_curves(tmp_path
         assert im.width > 300
     table = (out / "ablation.md").read_text()
     assert "| short |" in table and "| long |" in table
+
+
+def test_a_demo_stage_that_reports_an_error_stops_the_demo(tmp_path):
+    from rl.demo import DemoConfig, Pipeline
+
+    pipeline = Pipeline(DemoConfig(out=str(tmp_path)))
+    try:
+        pipeline.stage("grpo", tmp_path / "grpo" / "done", lambda argv: 2, ["--config", "x.yaml"])
+    except RuntimeError as err:
+        assert "'grpo' failed with status 2" in str(err)
+    else:
+        raise AssertionError("a failed stage was treated as done")
+    assert "grpo" not in pipeline.timings
