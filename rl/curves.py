@@ -61,7 +61,8 @@ def reward_keys(records: list[dict]) -> list[str]:
     return keys
 
 
-def _plot_line(ax, steps, values, label, smoothing, color=None):
+def plot_smoothed(ax, steps, values, label, smoothing, color=None):
+    """One metric on ``ax``: the raw values faint, their EMA bold, in one colour."""
     raw = ax.plot(steps, values, alpha=0.25, color=color, linewidth=1)[0]
     ax.plot(steps, ema(values, smoothing), color=raw.get_color(), linewidth=2, label=label)
 
@@ -73,7 +74,7 @@ def plot_reward_curve(records: list[dict], out: str | Path, smoothing: float = 0
     ax = axes[0, 0]
     steps, values = series(records, "reward")
     if steps:
-        _plot_line(ax, steps, values, "reward (total)", smoothing)
+        plot_smoothed(ax, steps, values, "reward (total)", smoothing)
     ax.set(xlabel="step", ylabel="reward", title=title or "total reward")
     ax.grid(alpha=0.3)
     ax.legend(loc="best")
@@ -82,11 +83,11 @@ def plot_reward_curve(records: list[dict], out: str | Path, smoothing: float = 0
         for key in components:
             s, v = series(records, key)
             if s:
-                _plot_line(ax, s, v, key.split("/")[1], smoothing)
+                plot_smoothed(ax, s, v, key.split("/")[1], smoothing)
         ax.set(xlabel="step", ylabel="mean", title="per-reward means")
         ax.grid(alpha=0.3)
         ax.legend(loc="best")
-    return _save(fig, out)
+    return save_figure(fig, out)
 
 
 def overlay_runs(
@@ -105,14 +106,15 @@ def overlay_runs(
         steps, values = series(read_metrics(run), metric)
         if not steps:
             raise ValueError(f"run {str(run)!r} has no {metric!r} values in its metrics.jsonl")
-        _plot_line(ax, steps, values, label, smoothing)
+        plot_smoothed(ax, steps, values, label, smoothing)
     ax.set(xlabel="step", ylabel=metric, title=f"{metric} by run")
     ax.grid(alpha=0.3)
     ax.legend(loc="best")
-    return _save(fig, out)
+    return save_figure(fig, out)
 
 
-def _save(fig, out: str | Path) -> Path:
+def save_figure(fig, out: str | Path) -> Path:
+    """Save and close ``fig`` atomically (temp file, then rename)."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp.png")

@@ -4,12 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
+import matplotlib.pyplot as plt
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-from .curves import ema, read_metrics, series  # noqa: E402
+from .curves import plot_smoothed, read_metrics, save_figure, series
 
 
 def _pct(value: float | None) -> str:
@@ -51,14 +48,9 @@ def report_figure(results: dict[str, dict[str, dict]], columns: list[str], run_d
     for label, run in run_dirs.items():
         steps, values = series(read_metrics(run), "reward")
         if steps:
-            raw = right.plot(steps, values, alpha=0.25, linewidth=1)[0]
-            right.plot(steps, ema(values, smoothing), color=raw.get_color(), linewidth=2, label=label)
+            plot_smoothed(right, steps, values, label, smoothing)
     right.set(xlabel="GRPO step", ylabel="reward (train prompts)", title="GRPO reward")
     right.grid(alpha=0.3)
     if run_dirs:
         right.legend(loc="lower right")
-    out = Path(out)
-    fig.tight_layout()
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out)
