@@ -114,8 +114,8 @@ def run_plain_loop(model, prompts, uncond, grid, cfg_scale, seed):
     pos = position_ids_from_mask(mask)
     u_ids = torch.tensor([uncond] * batch, device=device)
     cond_cache, uncond_cache = DynamicCache(), DynamicCache()
-    cond = model(ids, attention_mask=mask, position_ids=pos, past_key_values=cond_cache, logits_to_keep=1)
-    unc = model(u_ids, past_key_values=uncond_cache, logits_to_keep=1)
+    cond = model(ids, attention_mask=mask, position_ids=pos, cache=cond_cache, logits_to_keep=1)
+    unc = model(u_ids, cache=uncond_cache, logits_to_keep=1)
     pos, u_len, tokens = pos[:, -1:], u_ids.size(1), []
     for _ in range(steps):
         c = cond.logits[:, -1].float().log_softmax(-1)
@@ -125,8 +125,8 @@ def run_plain_loop(model, prompts, uncond, grid, cfg_scale, seed):
         token = torch.multinomial(guided.softmax(-1), 1, generator=gen)
         tokens.append(token)
         pos, mask, u_len = pos + 1, torch.cat([mask, mask.new_ones(batch, 1)], 1), u_len + 1
-        cond = model(token, attention_mask=mask, position_ids=pos, past_key_values=cond_cache)
-        unc = model(token, past_key_values=uncond_cache)
+        cond = model(token, attention_mask=mask, position_ids=pos, cache=cond_cache)
+        unc = model(token, cache=uncond_cache)
     return torch.cat(tokens, dim=1)
 
 

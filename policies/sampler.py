@@ -99,7 +99,7 @@ def sample_images(
     entropy = torch.empty((n, steps), dtype=torch.float32, device=device)
 
     hidden = decoder(
-        input_ids=input_ids, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True
+        input_ids=input_ids, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True
     ).last_hidden_state[:, -1]
     next_pos = positions[:, -1:] + 1
     for t in tqdm(range(steps), desc="sampling tokens", disable=not progress, leave=False):
@@ -117,7 +117,7 @@ def sample_images(
             token = torch.cat([token, token])  # the uncond row follows the image its cond row draws
         mask = torch.cat([mask, mask.new_ones((mask.size(0), 1))], dim=1)
         hidden = decoder(
-            input_ids=token, attention_mask=mask, position_ids=next_pos, past_key_values=cache, use_cache=True
+            input_ids=token, attention_mask=mask, position_ids=next_pos, cache=cache, use_cache=True
         ).last_hidden_state[:, -1]
         next_pos = next_pos + 1
 

@@ -14,9 +14,9 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from policies.guidance import SamplingConfig
+from policies.guidance import SamplingConfig, sample_from_logprobs, sampling_logprobs
 from policies.heads import decoder_of
-from policies.sampler import sample_images
+from policies.sampler import row_uniforms, sample_images
 from policies.tiny import build_tiny_policy
 
 CAPTIONS = ["a red square", "two small blue circles in the upper left corner", "cat"]
@@ -254,3 +254,68 @@ def test_a_model_whose_head_does_not_fit_the_layout_is_refused_naming_both_sizes
     wrong = policy.vocab.replace(codebook_size=60)
     with pytest.raises(ValueError, match=r"144 rows .* 80 \+ codebook_size 60 = 140"):
         sample_images(policy.model, wrong, encode(policy, CAPTIONS[:1]), None, SamplingConfig(), [1])
+
+
+# ----------------------------------------------------------------------------- KV cache
+
+
+def no_cache_reference(model, vocab, prompts, uncond, config, seeds, steps):
+    """Codes and log-probs from a plain loop that re-runs every full (unpadded) sequence, no cache.
+
+    Each step feeds ``prompt + codes so far`` (and ``uncond + codes so far``) through the whole
+    model from scratch with ``use_cache=False``, guides the visual slice of the full-vocabulary
+    logits and draws with the same per-row uniforms the sampler uses.
+    """
+    uniforms = row_uniforms(seeds, steps)
+    codes = torch.empty((len(prompts), steps), dtype=torch.long)
+    logprobs = torch.empty((len(prompts), steps), dtype=torch.float32)
+
+    def last_visual_logits(prefix, image):
+        with torch.no_grad():
+            logits = model(torch.tensor([prefix + image]), use_cache=False).logits
+        return logits[:, -1, vocab.offset : vocab.vocab_size]
+
+    for row, prompt in enumerate(prompts):
+        image: list[int] = []
+        for t in range(steps):
+            cond = last_visual_logits(prompt, image)
+            unc = last_visual_logits(uncond, image) if config.uses_cfg else None
+            lp = sampling_logprobs(cond, unc, config)
+            code = sample_from_logprobs(lp, uniforms[row : row + 1, t])
+            codes[row, t] = code[0]
+            logprobs[row, t] = lp[0, code[0]]
+            image.append(vocab.offset + int(code[0]))
+    return codes, logprobs
+
+
+def assert_sampler_matches_no_cache_reference(policy):
+    config = SamplingConfig(cfg_scale=4.0, temperature=1.1)
+    seeds = [31, 32, 33]
+    prompts = encode(policy, CAPTIONS)
+    assert len({len(p) for p in prompts}) == len(prompts), "the prompts must need different left padding"
+    rollout = run(policy, CAPTIONS, config, seeds=seeds)
+    steps = policy.vocab.num_image_tokens
+    codes, logprobs = no_cache_reference(policy.model, policy.vocab, prompts, policy.encode_uncond(), config, seeds, steps)
+    assert torch.equal(rollout.codes.flatten(1), codes), "the sampler's codes differ from a no-cache recomputation"
+    torch.testing.assert_close(rollout.logprobs, logprobs, atol=1e-5, rtol=0)
+
+
+def test_cached_sampling_equals_a_no_cache_full_recompute_reference(policy):
+    assert_sampler_matches_no_cache_reference(policy)
+
+
+def test_the_reference_comparison_catches_a_decoder_that_silently_ignores_the_cache(policy):
+    # What a transformers release that no longer knows the sampler's cache kwarg would do: swallow
+    # it (forward takes **kwargs) and run each step on the new token alone, with no error.
+    decoder = decoder_of(policy.model)
+    forward = decoder.forward
+
+    def forgetful(*args, cache=None, **kwargs):
+        return forward(*args, **kwargs)
+
+    decoder.forward = forgetful
+    try:
+        with pytest.raises(AssertionError, match="differ from a no-cache recomputation"):
+            assert_sampler_matches_no_cache_reference(policy)
+    finally:
+        del decoder.forward
