@@ -1,19 +1,30 @@
-"""The AR image policy: visual vocabulary, checkpoint loading, codecs and the CFG rollout sampler."""
+"""The AR image policy: visual vocabulary, checkpoint loading, codecs and the CFG rollout sampler.
 
-from .guidance import SamplingConfig
-from .loading import Policy, extend_llm, extend_vocabulary, load_policy
-from .sampler import Rollout, sample_images
-from .vocab import SIMPLEAR_SPECIAL_TOKENS, VisualTokenError, VisualVocab
+Names are imported on first use, so light modules of the package (``policies.commands``,
+``policies.records``) load without importing torch and transformers.
+"""
 
-__all__ = [
-    "SIMPLEAR_SPECIAL_TOKENS",
-    "Policy",
-    "Rollout",
-    "SamplingConfig",
-    "VisualTokenError",
-    "VisualVocab",
-    "extend_llm",
-    "extend_vocabulary",
-    "load_policy",
-    "sample_images",
-]
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    "SamplingConfig": ".guidance",
+    "Policy": ".loading",
+    "extend_llm": ".loading",
+    "extend_vocabulary": ".loading",
+    "load_policy": ".loading",
+    "Rollout": ".sampler",
+    "sample_images": ".sampler",
+    "SIMPLEAR_SPECIAL_TOKENS": ".vocab",
+    "VisualTokenError": ".vocab",
+    "VisualVocab": ".vocab",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name], __name__), name)

@@ -20,11 +20,11 @@ from .codecs import (
     PaletteCodec,
     VisualCodec,
     available_codecs,
-    build_codec,
     build_recorded_codec,
     check_codec_matches,
     codec_record,
 )
+from .commands import CommandParser, command
 from .dtypes import resolve_dtype
 from .guidance import SamplingConfig
 from .images import captioned_grid, save_png, to_pil
@@ -48,6 +48,8 @@ def add_policy_arguments(p: argparse.ArgumentParser, model_required: bool = Fals
         p.add_argument("--model", help="local policy checkpoint folder; omit to run the tiny default (random weights)")
     p.add_argument("--codec", choices=available_codecs(), help="default: the codec the checkpoint records, else cosmos (palette for the tiny default)")
     p.add_argument("--codec_path", help="local codec folder (cosmos: holds encoder.jit and decoder.jit)")
+    p.add_argument("--codec_levels", type=int, help="palette codec: colour levels per channel (default: the recorded ones)")
+    p.add_argument("--codec_patch", type=int, help="palette codec: pixels per patch side (default: the recorded ones)")
     p.add_argument("--resolution", type=int, help="square image size in pixels (default: the policy's grid)")
     p.add_argument("--prompt_prefix", default=None, help="text before every caption (default: the policy's)")
     p.add_argument("--uncond_prompt", default=None, help="negative prompt text (default: the caption-dropped template)")
@@ -68,7 +70,7 @@ def add_sampling_arguments(p: argparse.ArgumentParser, num_images: int = 1) -> N
 
 def build_parser() -> argparse.ArgumentParser:
     """The command's flags (``simplear-rl generate --help``)."""
-    p = argparse.ArgumentParser(
+    p = CommandParser(
         prog="simplear-rl generate",
         description="Sample images from a policy with classifier-free guidance.",
         epilog=__doc__.split("\n\n", 1)[1],
@@ -133,40 +135,49 @@ def recorded_codec(model: str | Path) -> dict | None:
     return (layout.get("extra") or {}).get("codec")
 
 
+def codec_choice(args: argparse.Namespace, recorded: dict | None) -> dict:
+    """The codec record to build: ``--codec`` (default: the recorded codec, else cosmos), with the settings the
+    checkpoint records for that codec and ``--codec_levels``/``--codec_patch`` on top."""
+    name = args.codec or (recorded or {}).get("name") or "cosmos"
+    record = dict(recorded) if recorded and recorded.get("name") == name else {"name": name}
+    overrides = {k: v for k, v in (("levels", args.codec_levels), ("patch", args.codec_patch)) if v is not None}
+    if overrides and name != "palette":
+        raise ValueError(f"--codec_levels/--codec_patch set the palette codec, but the codec is {name!r}")
+    return {**record, **overrides}
+
+
 def build_setup(args: argparse.Namespace, log) -> Setup:
     """Load (or build) the policy and the codec, and check that they fit together."""
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dtype = resolve_dtype(args.dtype, device)
+    if args.model is not None:
+        check_model_folder(args.model)  # a missing checkpoint is reported before anything loads
+    default_cfg = TINY_CFG_SCALE if args.model is None else SIMPLEAR_CFG_SCALE
+    config = SamplingConfig(  # checked before anything loads
+        cfg_scale=default_cfg if args.cfg_scale is None else args.cfg_scale,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+    )
     if args.model is None:
         log("no --model given: using the tiny default policy with RANDOM weights and the palette codec "
             "(images will look like coloured noise; pass --model PATH for a trained checkpoint)")
         if args.codec not in (None, "palette"):
             raise ValueError(f"the tiny default policy only works with the palette codec, not {args.codec!r}")
+        codec = build_recorded_codec(codec_choice(args, codec_record(PaletteCodec())))
         policy = build_tiny_policy()
         policy.model.to(device=device, dtype=dtype)
-        codec: VisualCodec = PaletteCodec()
-        default_cfg = TINY_CFG_SCALE
     else:
         codec_dtype = None if args.dtype == "auto" else args.dtype
-        recorded = recorded_codec(args.model)
-        if args.codec is None and recorded is not None:
-            codec = build_recorded_codec(recorded, path=args.codec_path, device=device, dtype=codec_dtype)
-        else:
-            codec = build_codec(args.codec or "cosmos", path=args.codec_path, device=device, dtype=codec_dtype)
+        choice = codec_choice(args, recorded_codec(args.model))
+        codec = build_recorded_codec(choice, path=args.codec_path, device=device, dtype=codec_dtype)
         policy = load_policy(args.model, dtype=dtype, device=device)
-        default_cfg = SIMPLEAR_CFG_SCALE
     vocab = policy.vocab
     if args.prompt_prefix is not None:
         vocab = vocab.replace(prompt_prefix=args.prompt_prefix)
     grid = codec.grid_for(args.resolution) if args.resolution else vocab.grid
     check_codec_matches(codec, vocab.codebook_size, grid, args.resolution)
     policy.vocab = vocab.with_grid(grid)
-    config = SamplingConfig(
-        cfg_scale=default_cfg if args.cfg_scale is None else args.cfg_scale,
-        temperature=args.temperature,
-        top_k=args.top_k,
-        top_p=args.top_p,
-    )
     if args.uncond_prompt is None:
         uncond_text = vocab.format_uncond()
     else:  # a negative prompt takes the caption's place in the cond template, without the prefix
@@ -190,30 +201,27 @@ def generate(args: argparse.Namespace, captions: list[str], setup: Setup, out: P
     return records
 
 
+@command("generate")
 def main(argv: list[str]) -> int:
-    """Entry point of ``simplear-rl generate``; returns the exit status."""
+    """Entry point of ``simplear-rl generate``; returns the exit status (see :mod:`policies.commands`)."""
     args = build_parser().parse_args(argv)
 
     def log(message: str) -> None:
         print(f"simplear-rl generate: {message}", file=sys.stderr)
 
-    try:
-        if args.num_images < 1 or args.batch_size < 1:
-            raise ValueError(f"--num_images and --batch_size must be >= 1 (got {args.num_images}, {args.batch_size})")
-        if args.model is not None:
-            check_model_folder(args.model)  # a missing checkpoint is reported before anything loads
-        captions = list(args.prompts) + (read_prompts_file(args.prompts_file) if args.prompts_file else [])
-        if not captions and args.model is None:
-            captions = list(DEMO_PROMPTS)
-            log(f"no prompts given: using {len(captions)} demo prompts")
-        if not captions:
-            raise ValueError("no prompts: give --prompts \"...\" or --prompts_file FILE")
-        setup = build_setup(args, log)
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        records = generate(args, captions, setup, out)
-    except (OSError, ValueError) as err:
-        log(f"error: {err}")
-        return 1
+    if args.num_images < 1 or args.batch_size < 1:
+        raise ValueError(f"--num_images and --batch_size must be >= 1 (got {args.num_images}, {args.batch_size})")
+    if args.model is not None:
+        check_model_folder(args.model)  # before the prompts: a wrong path is the first thing to fix
+    captions = list(args.prompts) + (read_prompts_file(args.prompts_file) if args.prompts_file else [])
+    if not captions and args.model is None:
+        captions = list(DEMO_PROMPTS)
+        log(f"no prompts given: using {len(captions)} demo prompts")
+    if not captions:
+        raise ValueError("no prompts: give --prompts \"...\" or --prompts_file FILE")
+    setup = build_setup(args, log)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    records = generate(args, captions, setup, out)
     log(f"wrote {len(records)} images, grid.png and metadata.jsonl to {out}")
     return 0

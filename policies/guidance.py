@@ -6,10 +6,15 @@ trainer scores exactly the distribution the sampler drew from.
 
 from __future__ import annotations
 
+import logging
+import math
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+
+logger = logging.getLogger(__name__)
+_warned_scales: set[float] = set()
 
 
 @dataclass(frozen=True)
@@ -26,6 +31,17 @@ class SamplingConfig:
     top_p: float = 1.0
 
     def __post_init__(self) -> None:
+        if not math.isfinite(self.cfg_scale) or self.cfg_scale < 0:
+            raise ValueError(
+                f"cfg_scale must be a finite number >= 0 (got {self.cfg_scale}): 1 samples the conditional "
+                "distribution, > 1 strengthens guidance (SimpleAR uses 6.0), 0 samples the unconditional one"
+            )
+        if self.cfg_scale < 1 and self.cfg_scale not in _warned_scales:
+            _warned_scales.add(self.cfg_scale)
+            logger.warning(
+                "cfg_scale=%g < 1 moves samples toward the unconditional distribution (0 = fully unconditional); "
+                "guidance strengthens the prompt only above 1", self.cfg_scale,
+            )
         if self.temperature <= 0:
             raise ValueError(f"temperature must be > 0 (got {self.temperature}); greedy image decoding is not supported")
         if self.top_k < 0:

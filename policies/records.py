@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+#: Every trainer's per-step log in its output_dir (written by ``pretrain_sft.metrics``, read by ``rl.curves``).
+METRICS_FILE = "metrics.jsonl"
+
 
 class RecordsError(ValueError):
     """A record file that cannot be read; the message names the file (and line) and the fix."""

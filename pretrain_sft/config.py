@@ -11,6 +11,8 @@ from typing import Literal
 
 from transformers import TrainingArguments
 
+from .checkpoints import OVERWRITE_HELP
+
 STAGES = ("pretrain", "sft")
 
 
@@ -72,10 +74,12 @@ class PolicyArguments:
 class StageTrainingArguments(TrainingArguments):
     """``transformers.TrainingArguments`` with defaults for image-token training.
 
-    ``resume_from_checkpoint``: ``last`` (newest ``checkpoint-*`` in ``output_dir``) or a path.
+    ``resume_from_checkpoint``: ``last`` (newest complete ``checkpoint-*`` in ``output_dir``) or a path;
+    ``overwrite_output_dir``: start again in an ``output_dir`` that holds an earlier run (moved aside).
     """
 
     output_dir: str | None = field(default=None, metadata={"help": "run folder: checkpoints and the final model"})
+    overwrite_output_dir: bool = field(default=False, metadata={"help": OVERWRITE_HELP})
     lr_scheduler_type: str = field(default="constant", metadata={"help": "SimpleAR used a constant learning rate"})
     logging_steps: float = 10
     remove_unused_columns: bool = False

@@ -30,6 +30,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from policies.commands import command
+
 #: Object colours (channels in {0, 85, 170, 255}).
 OBJECT_COLORS: dict[str, tuple[int, int, int]] = {
     "red": (255, 0, 0),
@@ -309,11 +311,12 @@ class DemoDataArguments:
     patch: int = 8
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Write the demo image folder and prompt sets."""
-    from trl import TrlParser
+@command("demo-data")
+def main(argv: list[str]) -> int:
+    """Write the demo image folder and prompt sets (``python -m pretrain_sft.demo_data``)."""
+    from policies.recipes import RecipeParser
 
-    (args,) = TrlParser(DemoDataArguments).parse_args_and_config(argv)
+    (args,) = RecipeParser(DemoDataArguments).parse_args_and_config(argv)
     meta = write_image_folder(args.out, args.num_images, args.seed, args.size, args.patch)
     train, evaluation = write_prompt_sets(args.out, args.num_train_prompts, args.num_eval_prompts, args.seed, args.size // args.patch)
     print(f"wrote {args.num_images} images and {meta}\nwrote {train}\nwrote {evaluation}")

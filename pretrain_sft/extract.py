@@ -22,6 +22,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from policies.commands import command
 from policies.records import write_jsonl
 
 from .cache import (
@@ -224,11 +225,12 @@ def _extract(args: ExtractArguments) -> Path:
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
+@command("extract-tokens")
+def main(argv: list[str]) -> int:
     """Entry point of ``simplear-rl extract-tokens`` and ``python -m pretrain_sft.extract``."""
-    from trl import TrlParser
+    from policies.recipes import RecipeParser
 
-    (args,) = TrlParser(ExtractArguments).parse_args_and_config(argv)
+    (args,) = RecipeParser(ExtractArguments).parse_args_and_config(argv)
     extract(args)
     return 0
 

@@ -24,6 +24,8 @@ from typing import Iterator
 
 import torch
 
+from policies.commands import command
+from policies.recipes import RecipeParser
 from policies.records import write_json
 
 from .cache import (
@@ -33,7 +35,7 @@ from .cache import (
     load_cache,
     read_cache_info,
 )
-from .checkpoints import resolve_resume
+from .checkpoints import prepare_output_dir
 from .config import STAGES, PolicyArguments, StageArguments, StageTrainingArguments
 from .policy_init import check_start_path, init_policy
 from .sequences import SequenceBuilder, TokenSequenceDataset, collate_left_padded
@@ -48,9 +50,7 @@ def parse_args(
     argv: list[str] | None, stage: str | None = None
 ) -> tuple[StageArguments, PolicyArguments, StageTrainingArguments]:
     """Parse a recipe (``--config``) and command-line overrides; ``stage`` is the entry point's stage."""
-    from trl import TrlParser
-
-    parser = TrlParser((StageArguments, PolicyArguments, StageTrainingArguments))
+    parser = RecipeParser((StageArguments, PolicyArguments, StageTrainingArguments))
     stage_args, policy_args, training_args = parser.parse_args_and_config(argv)
     if stage_args.stage is None:
         if stage is None:
@@ -62,17 +62,6 @@ def parse_args(
             f"run `simplear-rl {stage_args.stage}` or fix the recipe's stage"
         )
     return stage_args, policy_args, training_args
-
-
-def check_output_dir(output_dir: str, resume: str | None) -> None:
-    """Refuse to train over an earlier run's checkpoints or final model unless resuming."""
-    out = Path(output_dir)
-    earlier = sorted(p.name for p in out.glob("checkpoint-*")) + (["config.json"] if (out / "config.json").exists() else [])
-    if earlier and resume is None:
-        raise FileExistsError(
-            f"output_dir {str(out)!r} already holds an earlier run ({', '.join(earlier[:3])}); continue it with "
-            "--resume_from_checkpoint last, or choose a new output_dir"
-        )
 
 
 def save_final_model(trainer: VisualLMTrainer, output_dir: str) -> None:
@@ -115,13 +104,13 @@ def check_before_loading(
         if not eval_info.same_encoding(info):
             raise CacheError(f"eval_cache holds {eval_info.describe()} but cache holds {info.describe()}; they must match")
     check_start_path(policy_args)
-    resume = resolve_resume(training_args.resume_from_checkpoint, training_args.output_dir)
-    check_output_dir(training_args.output_dir, resume)
     if training_args.n_gpu > 1:
         raise RuntimeError(
             f"{training_args.n_gpu} GPUs are visible to one process (torch DataParallel), which the visual-slice "
             "loss does not support; launch one process per GPU with `accelerate launch` instead"
         )
+    # Last, as overwrite_output_dir moves the earlier run aside: resume rule + never over an earlier run.
+    resume = prepare_output_dir(training_args)
     return info, resume
 
 
@@ -183,21 +172,29 @@ def run(stage_args: StageArguments, policy_args: PolicyArguments, training_args:
     return Path(training_args.output_dir)
 
 
-def main(argv: list[str] | None = None, stage: str | None = None) -> int:
-    """``python -m pretrain_sft.train --config RECIPE`` (the recipe's ``stage`` decides the label)."""
+def train_stage(argv: list[str], stage: str | None = None) -> int:
+    """Parse a recipe and train it; ``stage`` is the entry point's stage (None: the recipe's)."""
     run(*parse_args(argv, stage))
     return 0
 
 
-def main_pretrain(argv: list[str] | None = None) -> int:
+@command("train")
+def main(argv: list[str]) -> int:
+    """``python -m pretrain_sft.train --config RECIPE`` (the recipe's ``stage`` decides the label)."""
+    return train_stage(argv)
+
+
+@command("pretrain")
+def main_pretrain(argv: list[str]) -> int:
     """``simplear-rl pretrain --config RECIPE [--key value ...]``."""
-    return main(argv, stage="pretrain")
+    return train_stage(argv, stage="pretrain")
 
 
-def main_sft(argv: list[str] | None = None) -> int:
+@command("sft")
+def main_sft(argv: list[str]) -> int:
     """``simplear-rl sft --config RECIPE [--key value ...]``."""
-    return main(argv, stage="sft")
+    return train_stage(argv, stage="sft")
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(main())

@@ -11,6 +11,7 @@ from transformers import Trainer, TrainerCallback
 from policies.vocab import VisualVocab
 
 from .loss import next_token_nll_sums
+from .metrics import MetricsFileCallback
 
 
 class EpochSetter(TrainerCallback):
@@ -33,6 +34,8 @@ class VisualLMTrainer(Trainer):
     The loss is normalised by the number of target tokens in the whole accumulated (and, with
     ``average_tokens_across_devices``, cross-rank) batch, as the Trainer counts them from
     ``labels``; so gradient accumulation and padding do not change the per-token weighting.
+    Every log (loss, loss_visual, learning rate, eval loss) is also appended to
+    ``<output_dir>/metrics.jsonl`` (:class:`pretrain_sft.metrics.MetricsFileCallback`).
     """
 
     def __init__(self, *args: Any, vocab: VisualVocab, loss_chunk_size: int = 256, **kwargs: Any):
@@ -43,6 +46,7 @@ class VisualLMTrainer(Trainer):
         self.model_accepts_loss_kwargs = True
         self._loss_shifts_labels = True
         self._parts = {"visual": 0.0, "visual_count": 0, "text": 0.0, "text_count": 0}
+        self.add_callback(MetricsFileCallback(self.args.output_dir))  # metrics.jsonl, as GRPO runs write
 
     def compute_loss(
         self,

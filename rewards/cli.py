@@ -17,6 +17,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from policies.commands import CommandParser, command
+
 from .errors import RewardError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
@@ -24,7 +26,7 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 CHUNK = 64
 
 
-class InputError(RewardError):
+class InputError(RewardError, ValueError):
     """A file given on the command line is missing, unreadable or inconsistent."""
 
 
@@ -180,7 +182,7 @@ def _score(args: argparse.Namespace) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="simplear-rl rewards", description="List rewards or score images on disk.")
+    parser = CommandParser(prog="simplear-rl rewards", description="List rewards or score images on disk.")
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("list", help="every registered reward: parameters, required fields, source").set_defaults(
         run=_list
@@ -198,18 +200,15 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``simplear-rl rewards``; returns the exit status (2 on bad input)."""
-    args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
+@command("rewards")
+def main(argv: list[str]) -> int:
+    """Entry point of ``simplear-rl rewards``; returns the exit status (see :mod:`policies.commands`)."""
+    args = _parser().parse_args(argv)
     if getattr(args, "device", "unset") is None:
         import torch
 
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        return args.run(args)
-    except RewardError as exc:
-        print(f"simplear-rl rewards: error: {exc}", file=sys.stderr)
-        return 2
+    return args.run(args)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,6 @@ the same spec shape works for real recipes on GPUs.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
@@ -18,10 +17,10 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
+from policies.commands import CommandParser, command
+from policies.recipes import read_yaml_mapping
 from policies.records import write_json
-from pretrain_sft.checkpoints import has_checkpoint
+from pretrain_sft.checkpoints import continue_flags
 
 from .curves import overlay_runs
 from .evaluate import evaluate_prompt_lengths
@@ -58,9 +57,7 @@ class AblationSpec:
     def load(cls, path: str | Path) -> "AblationSpec":
         """Read and check a spec file; errors name the key and the fix."""
         path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"ablation spec {str(path)!r} does not exist")
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        data = read_yaml_mapping(path, what="ablation spec")
         known = set(cls.__dataclass_fields__)
         unknown = set(data) - known
         if unknown:
@@ -70,6 +67,8 @@ class AblationSpec:
             raise ValueError(f"ablation spec {str(path)!r} lacks {missing}")
         if not isinstance(data["variants"], dict) or not data["variants"]:
             raise ValueError("`variants` must map a variant name to the recipe keys it changes, e.g. short: {prompt_length: short}")
+        if not isinstance(data["eval"], dict):
+            raise ValueError(f"ablation spec {str(path)!r}: `eval` must be a mapping (prompts, rewards, ...)")
         eval_known = set(EvalSpec.__dataclass_fields__)
         bad = set(data["eval"]) - eval_known
         if bad:
@@ -103,20 +102,42 @@ def variant_command(spec: AblationSpec, name: str) -> list[str]:
     return [*runner, "--config", spec.recipe, *as_cli(keys)]
 
 
+def run_logged(command: list[str], log_path: Path) -> int:
+    """Run ``command``, streaming its output (stdout and stderr, line by line) to the console and
+    appending it to ``log_path``; returns its exit status."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "a", encoding="utf-8") as log:
+        log.write(f"$ {' '.join(command)}\n")
+        log.flush()
+        with subprocess.Popen(command, env={**os.environ, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True, errors="replace") as child:
+            for line in child.stdout:
+                sys.stdout.write(line)
+                sys.stdout.flush()
+                log.write(line)
+                log.flush()
+        return child.returncode
+
+
 def run_variants(spec: AblationSpec) -> None:
-    """Train every variant that has not finished; a failed variant stops the ablation naming it."""
+    """Train every variant that has not finished; a failed variant stops the ablation naming it and its log.
+
+    Each variant's output goes to the console and to ``<out>/logs/<variant>.log`` (appended per attempt).
+    """
     for name in spec.variants:
         run_dir = Path(spec.out) / name
         if (run_dir / DONE_FILE).exists():
             print(f"[ablate] {name}: finished earlier, reusing {run_dir}", flush=True)
             continue
-        command = variant_command(spec, name)
-        if has_checkpoint(run_dir):
-            command += ["--resume_from_checkpoint", "last"]
-        print(f"[ablate] {name}: {' '.join(command)}", flush=True)
-        result = subprocess.run(command, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-        if result.returncode != 0:
-            raise RuntimeError(f"variant {name!r} failed (exit {result.returncode}); its output is in {run_dir}")
+        flags, why = continue_flags(run_dir)
+        if flags:
+            print(f"[ablate] {name}: {why}", flush=True)
+        command = [*variant_command(spec, name), *flags]
+        log_path = Path(spec.out) / "logs" / f"{name}.log"
+        print(f"[ablate] {name}: {' '.join(command)} (log: {log_path})", flush=True)
+        status = run_logged(command, log_path)
+        if status != 0:
+            raise RuntimeError(f"variant {name!r} failed (exit {status}); its output is in {log_path}")
 
 
 def evaluate_variants(spec: AblationSpec) -> dict[str, dict[str, dict]]:
@@ -153,9 +174,10 @@ def write_summary(spec: AblationSpec, results: dict[str, dict[str, dict]]) -> Pa
     return path
 
 
+@command("ablate")
 def main(argv: list[str] | None = None) -> int:
-    """``simplear-rl ablate SPEC.yaml [--eval_only]``."""
-    parser = argparse.ArgumentParser(prog="simplear-rl ablate", description=__doc__.split("\n\n")[0])
+    """``simplear-rl ablate SPEC.yaml [--eval_only]``; returns the exit status (see :mod:`policies.commands`)."""
+    parser = CommandParser(prog="simplear-rl ablate", description=__doc__.split("\n\n")[0])
     parser.add_argument("spec", help="ablation spec YAML (see recipes/demo/ablation_prompt_length.yaml)")
     parser.add_argument("--eval_only", action="store_true", help="skip training; evaluate and summarise finished runs")
     args = parser.parse_args(argv)

@@ -27,7 +27,11 @@ def _usage() -> str:
     width = max(len(name) for name in SUBCOMMANDS)
     lines = ["usage: simplear-rl <command> [options]", "", "commands:"]
     lines += [f"  {name:<{width}}  {help_}" for name, (_, _, help_) in SUBCOMMANDS.items()]
-    lines += ["", "Run `simplear-rl <command> --help` for a command's options."]
+    lines += [
+        "",
+        "Run `simplear-rl <command> --help` for a command's options. Errors are one line; add --debug (or set",
+        "SIMPLEAR_RL_DEBUG=1) for the traceback. Exit status: 0 success, 1 runtime failure, 2 bad input.",
+    ]
     return "\n".join(lines)
 
 

@@ -14,6 +14,9 @@ import torch
 import yaml
 from trl import GRPOConfig
 
+from policies.guidance import SamplingConfig
+from pretrain_sft.checkpoints import OVERWRITE_HELP
+
 LOGPROB_MODES = ("auto", "guided", "conditional")
 PROMPT_LENGTHS = ("short", "long", "mix")
 
@@ -105,11 +108,30 @@ class ImageGRPOConfig(GRPOConfig):
     reward_curve_smoothing: float = field(
         default=0.8, metadata={"help": "EMA factor of the smoothed line in reward_curve.png."}
     )
+    overwrite_output_dir: bool = field(default=False, metadata={"help": OVERWRITE_HELP})
+    # transformers 5.23+ deprecates `gradient_checkpointing` for `activation_checkpointing`, and TRL 1.16's
+    # GRPOConfig still sets the OLD name's default to True, which makes every config warn (FutureWarning). TRL's
+    # default (on) is kept on the new name and the old one is left unset: TrainingArguments.__post_init__ mirrors
+    # the new value into `gradient_checkpointing`, which TRL's trainer still reads.
+    activation_checkpointing: bool | None = field(  # the parser adds `--activation_checkpointing [bool]` and `--no_...`
+        default=None,
+        metadata={"help": "Enable activation checkpointing to trade compute for memory (default: on, as TRL's)."},
+    )
+    gradient_checkpointing: bool | None = field(
+        default=None,
+        metadata={
+            "help": "Deprecated alias of `activation_checkpointing` (transformers >= 5.23); use that instead.",
+            "nargs": "?",
+            "const": True,
+        },
+    )
 
     def __post_init__(self) -> None:
         self.rewards = normalise_reward_specs(self.rewards)
         if self.bf16 is None:  # TRL defaults to bf16, which fails on machines without it (CPU laptops)
             self.bf16 = not self.fp16 and bf16_available()
+        if self.activation_checkpointing is None and self.gradient_checkpointing is None:
+            self.activation_checkpointing = True  # TRL's default; an old `gradient_checkpointing` key still wins
         super().__post_init__()
         if self.logprob_mode not in LOGPROB_MODES:
             raise ValueError(f"logprob_mode must be one of {LOGPROB_MODES}, got {self.logprob_mode!r}")
@@ -120,6 +142,12 @@ class ImageGRPOConfig(GRPOConfig):
     @property
     def uses_cfg(self) -> bool:
         return self.cfg_scale != 1.0
+
+    def sampling_config(self) -> SamplingConfig:
+        """The rollout sampler's settings; raises on values out of range (checked when the recipe is parsed)."""
+        return SamplingConfig(
+            cfg_scale=self.cfg_scale, temperature=self.temperature, top_k=self.top_k or 0, top_p=self.top_p
+        )
 
 
 def bf16_available() -> bool:
@@ -159,6 +187,7 @@ def normalise_reward_specs(specs: Any) -> list[dict] | None:
 
 def refuse_unworkable(args: ImageGRPOConfig) -> None:
     """Reject settings that cannot work for fixed-size image grids, each with the fix."""
+    args.sampling_config()
     if args.mask_truncated_completions:
         raise ValueError(
             "mask_truncated_completions=True would mask every image: a completion is a fixed h*w grid with no "

@@ -11,7 +11,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-METRICS_FILE = "metrics.jsonl"
+from policies.records import METRICS_FILE  # noqa: E402 - one name for every trainer's metrics file
+
 CURVE_FILE = "reward_curve.png"
 
 
@@ -39,6 +40,19 @@ def series(records: list[dict], key: str) -> tuple[list[int], list[float]]:
         if isinstance(v, (int, float)) and math.isfinite(v):
             steps.append(int(r.get("step", len(steps))))
             values.append(float(v))
+    return steps, values
+
+
+def require_series(records: list[dict], key: str, where: str) -> tuple[list[int], list[float]]:
+    """:func:`series` of ``key``, or a ``ValueError`` naming the columns ``where`` does hold."""
+    steps, values = series(records, key)
+    if not steps:
+        columns = sorted({k for r in records for k in r if k != "step"})
+        found = ", ".join(columns[:12]) + (f" and {len(columns) - 12} more" if len(columns) > 12 else "")
+        raise ValueError(
+            f"{where} has no {key!r} values to plot ({len(records)} records; columns: {found or 'none'}); "
+            "pass --metric with one of those columns"
+        )
     return steps, values
 
 
@@ -103,9 +117,7 @@ def overlay_runs(
         raise ValueError(f"{len(labels)} labels for {len(run_dirs)} runs")
     fig, ax = plt.subplots(figsize=(7, 4))
     for run, label in zip(run_dirs, labels):
-        steps, values = series(read_metrics(run), metric)
-        if not steps:
-            raise ValueError(f"run {str(run)!r} has no {metric!r} values in its metrics.jsonl")
+        steps, values = require_series(read_metrics(run), metric, f"the metrics.jsonl of run {str(run)!r}")
         plot_smoothed(ax, steps, values, label, smoothing)
     ax.set(xlabel="step", ylabel=metric, title=f"{metric} by run")
     ax.grid(alpha=0.3)

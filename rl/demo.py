@@ -10,16 +10,15 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from trl import TrlParser
-
+from policies.commands import command
+from policies.recipes import RecipeParser
 from policies.records import write_json
-from pretrain_sft.checkpoints import has_checkpoint
+from pretrain_sft.checkpoints import continue_flags
 
 from .evaluate import evaluate_prompt_lengths
 from .report import accuracy_table, report_figure, reward_means_table
@@ -91,12 +90,10 @@ class Pipeline:
             print(f"[demo] {name}: reusing {done.parent} (pass --fresh to redo)", flush=True)
             self.timings[name] = 0.0
             return
-        folder = done.parent
-        if resumable and has_checkpoint(folder):
-            argv = [*argv, "--resume_from_checkpoint", "last"]
-            print(f"[demo] {name}: resuming from the last checkpoint in {folder}", flush=True)
-        elif folder.exists() and resumable:
-            shutil.rmtree(folder)  # an unfinished stage with nothing to resume from
+        flags, why = continue_flags(done.parent) if resumable else ([], "")
+        if flags:
+            argv = [*argv, *flags]
+            print(f"[demo] {name}: {why}", flush=True)
         print(f"[demo] {name} ...", flush=True)
         start = time.perf_counter()
         status = run(argv)
@@ -223,11 +220,11 @@ def run(config: DemoConfig) -> dict:
     return summary
 
 
-def main(argv: list[str] | None = None) -> int:
+@command("demo")
+def main(argv: list[str]) -> int:
     """``simplear-rl demo [--config recipes/demo/demo.yaml] [--out DIR] [--quick] [--fresh]``."""
-    argv = list(sys.argv[1:] if argv is None else argv)
     if "--config" not in argv:
         argv = ["--config", str(DEFAULT_CONFIG), *argv]
-    (config,) = TrlParser(DemoConfig).parse_args_and_config(argv)
+    (config,) = RecipeParser(DemoConfig).parse_args_and_config(argv)
     run(config)
     return 0

@@ -23,9 +23,9 @@ from policies.generate import (
     build_setup,
     image_seeds,
 )
+from policies.commands import CommandParser, command
 from policies.images import captioned_grid, save_png, to_pil
 from policies.records import read_records, write_json, write_jsonl
-from rewards.errors import RewardError
 
 from .data import load_prompt_set
 
@@ -175,7 +175,7 @@ def evaluate_prompt_lengths(
 
 # -------------------------------------------------------------------------------- CLI
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="simplear-rl eval", description=__doc__.split("\n\n")[0])
+    parser = CommandParser(prog="simplear-rl eval", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="benchmark", required=True)
     geneval = sub.add_parser("geneval", help="GenEval folder layout (N images per prompt)")
     add_policy_arguments(geneval, model_required=True)
@@ -197,36 +197,33 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@command("eval")
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``simplear-rl eval``."""
+    """Entry point of ``simplear-rl eval``; returns the exit status (see :mod:`policies.commands`)."""
     args = build_parser().parse_args(argv)
 
     def log(message: str) -> None:
         print(f"simplear-rl eval: {message}", file=sys.stderr)
 
-    try:
-        if args.benchmark == "dpg" and args.num_images != 4:
-            raise ValueError("DPG-Bench scores a 2x2 grid per prompt: --num_images must be 4")
-        if args.benchmark == "rewards":
-            from rewards import build_rewards
-            from rewards.cli import load_reward_specs
+    if args.benchmark == "dpg" and args.num_images != 4:
+        raise ValueError("DPG-Bench scores a 2x2 grid per prompt: --num_images must be 4")
+    if args.benchmark == "rewards":
+        from rewards import build_rewards
+        from rewards.cli import load_reward_specs
 
-            specs, options = load_reward_specs(args.rewards)
-            suite = build_rewards(specs, aggregation=options.get("aggregation", "sum"))
-            table = load_prompt_set(args.prompts, args.prompt_length)
-            suite.validate_columns(set(table.column_names))
-        setup = build_setup(args, log)
-        if args.benchmark == "geneval":
-            out = write_geneval(setup, args.prompts, args.out, args.num_images, args.seed, args.batch_size)
-        elif args.benchmark == "dpg":
-            out = write_dpg(setup, args.prompts, args.out, args.seed, args.batch_size)
-        else:
-            result = evaluate_rewards(setup, table, suite, args.num_images, args.seed, args.batch_size)
-            out = write_reward_eval(result, args.out)
-            for key, value in result.summary.items():
-                print(f"{key}: {value:.4f}" if isinstance(value, float) else f"{key}: {value}")
-    except (OSError, ValueError, RewardError) as err:
-        log(f"error: {err}")
-        return 1
+        specs, options = load_reward_specs(args.rewards)
+        suite = build_rewards(specs, aggregation=options.get("aggregation", "sum"))
+        table = load_prompt_set(args.prompts, args.prompt_length)
+        suite.validate_columns(set(table.column_names))
+    setup = build_setup(args, log)
+    if args.benchmark == "geneval":
+        out = write_geneval(setup, args.prompts, args.out, args.num_images, args.seed, args.batch_size)
+    elif args.benchmark == "dpg":
+        out = write_dpg(setup, args.prompts, args.out, args.seed, args.batch_size)
+    else:
+        result = evaluate_rewards(setup, table, suite, args.num_images, args.seed, args.batch_size)
+        out = write_reward_eval(result, args.out)
+        for key, value in result.summary.items():
+            print(f"{key}: {value:.4f}" if isinstance(value, float) else f"{key}: {value}")
     log(f"wrote {out}")
     return 0

@@ -12,12 +12,14 @@ import sys
 from pathlib import Path
 
 from accelerate import PartialState
-from trl import ModelConfig, TrlParser, get_peft_config
+from trl import ModelConfig, get_peft_config
 
 from policies.codecs import build_codec
+from policies.commands import command
 from policies.loading import Policy, check_model_folder, load_policy
+from policies.recipes import RecipeParser
 from policies.tiny import build_tiny_policy, caption_words
-from pretrain_sft.checkpoints import resolve_resume
+from pretrain_sft.checkpoints import last_complete_checkpoint, prepare_output_dir
 
 from .config import ImageGRPOConfig, ScriptArguments
 from .data import load_prompt_set
@@ -26,9 +28,9 @@ logger = logging.getLogger(__name__)
 TINY = "tiny"
 
 
-def build_parser() -> TrlParser:
+def build_parser() -> RecipeParser:
     """The recipe parser: one flat YAML mixing script, GRPO and model keys."""
-    return TrlParser((ScriptArguments, ImageGRPOConfig, ModelConfig))
+    return RecipeParser((ScriptArguments, ImageGRPOConfig, ModelConfig))
 
 
 def check_paths(script: ScriptArguments, model_args: ModelConfig) -> None:
@@ -135,8 +137,22 @@ def finish_wandb(args: ImageGRPOConfig) -> None:
 
 
 def train_and_save(trainer, args: ImageGRPOConfig, resume: str | None):
-    """Train (resuming if asked) and save the final policy to ``output_dir``."""
-    trainer.train(resume_from_checkpoint=resume)
+    """Train (resuming if asked) and save the final policy to ``output_dir``.
+
+    A reward that fails while scoring (``reward_on_error: fail``) stops the run with its own message
+    (reward and prompt) plus where to resume from.
+    """
+    from rewards.errors import RewardScoreError
+
+    try:
+        trainer.train(resume_from_checkpoint=resume)
+    except RewardScoreError as err:
+        last = last_complete_checkpoint(args.output_dir)
+        where = (
+            f"the last complete checkpoint is {last}; fix the reward and continue with --resume_from_checkpoint last"
+            if last else "no checkpoint was saved yet (save_steps), so a rerun starts from the beginning"
+        )
+        raise RewardScoreError(f"{err} Training stopped at step {trainer.state.global_step}: {where}.") from err
     trainer.save_model(args.output_dir)
     finish_wandb(args)
     if trainer.accelerator.is_main_process:
@@ -146,26 +162,21 @@ def train_and_save(trainer, args: ImageGRPOConfig, resume: str | None):
 
 def run(script: ScriptArguments, args: ImageGRPOConfig, model_args: ModelConfig):
     """Build, train and save; returns the trainer."""
-    resume = resolve_resume(args.resume_from_checkpoint, args.output_dir)
+    resume = prepare_output_dir(args)  # newest complete checkpoint; refuses to write over an earlier run
     return train_and_save(build_trainer(script, args, model_args), args, resume)
 
 
+@command("grpo")
 def main(argv: list[str] | None = None) -> int:
     """Parse a recipe (``--config x.yaml`` plus ``--key value`` overrides) and run GRPO.
 
     Problems found before training starts (bad keys, missing paths, reward or codec mismatches)
-    are reported in one line with exit status 2; errors during training keep their traceback.
+    exit with status 2, failures while training with 1; each is one line (see :mod:`policies.commands`).
     """
-    from rewards.errors import RewardError
-
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        script, args, model_args = build_parser().parse_args_and_config(argv)
-        resume = resolve_resume(args.resume_from_checkpoint, args.output_dir)
-        trainer = build_trainer(script, args, model_args)
-    except (OSError, ValueError, RewardError) as err:
-        print(f"simplear-rl grpo: error: {err}", file=sys.stderr)
-        return 2
+    script, args, model_args = build_parser().parse_args_and_config(argv)
+    resume = prepare_output_dir(args)  # newest complete checkpoint; refuses to write over an earlier run
+    trainer = build_trainer(script, args, model_args)
     train_and_save(trainer, args, resume)
     return 0
 

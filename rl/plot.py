@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-import argparse
+from policies.commands import CommandParser, command
 
-from .curves import overlay_runs, plot_reward_curve, read_metrics
+from .curves import overlay_runs, plot_reward_curve, read_metrics, require_series
 
 
+@command("plot")
 def main(argv: list[str] | None = None) -> int:
     """Overlay ``--metric`` (default the total reward) of several runs, or draw one run's full curve."""
-    parser = argparse.ArgumentParser(prog="simplear-rl plot", description=__doc__)
+    parser = CommandParser(prog="simplear-rl plot", description=__doc__)
     parser.add_argument("runs", nargs="+", help="run folders (each holding metrics.jsonl)")
     parser.add_argument("--out", default="curves.png", help="output PNG (default: curves.png)")
     parser.add_argument("--metric", default="reward", help="metric key to overlay (default: reward)")
@@ -19,7 +20,9 @@ def main(argv: list[str] | None = None) -> int:
     if not 0.0 <= args.smoothing < 1.0:
         parser.error(f"--smoothing must be in [0, 1), got {args.smoothing}")
     if len(args.runs) == 1 and args.metric == "reward" and not args.labels:
-        out = plot_reward_curve(read_metrics(args.runs[0]), args.out, args.smoothing)
+        records = read_metrics(args.runs[0])
+        require_series(records, "reward", f"the metrics.jsonl of run {args.runs[0]!r}")
+        out = plot_reward_curve(records, args.out, args.smoothing)
     else:
         out = overlay_runs(args.runs, args.out, metric=args.metric, labels=args.labels, smoothing=args.smoothing)
     print(f"wrote {out}")

@@ -22,7 +22,6 @@ from trl import GRPOTrainer
 from trl.models import unwrap_model_for_generation
 
 from policies.codecs import VisualCodec, check_codec_matches, codec_record
-from policies.guidance import SamplingConfig
 from policies.images import captioned_grid, save_png, to_unit
 from policies.loading import Policy
 from policies.sampler import sample_images
@@ -79,9 +78,7 @@ class ImageGRPOTrainer(GRPOTrainer):
         # The policy as trained here (recipe templates applied): prompt encoding goes through it.
         self.policy = Policy(model=policy.model, tokenizer=policy.tokenizer, vocab=vocab)
         self.reward_suite = rewards
-        self.sampling = SamplingConfig(
-            cfg_scale=args.cfg_scale, temperature=args.temperature, top_k=args.top_k or 0, top_p=args.top_p
-        )
+        self.sampling = args.sampling_config()
         if args.logprob_mode == "conditional" and self.sampling.truncates(vocab.codebook_size):
             logger.warning(
                 "logprob_mode=conditional scores without top-k/top-p truncation while rollouts truncate; "
@@ -137,7 +134,7 @@ class ImageGRPOTrainer(GRPOTrainer):
                 self.model_wrapped,
                 self.accelerator,
                 gather_deepspeed3_params=self.args.ds3_gather_for_generation,
-                gradient_checkpointing_kwargs=self.args.gradient_checkpointing_kwargs,
+                gradient_checkpointing_kwargs=self.args.activation_checkpointing_kwargs,
             ) as unwrapped,
             torch.no_grad(),
             self._dist.summon_full_params(self.model_wrapped, recurse=False),

@@ -96,8 +96,8 @@ def test_settings_reach_the_sampler_and_the_metadata(tiny_checkpoint, tmp_path):
         (["--temperature", "0"], "temperature must be > 0"),
     ],
 )
-def test_bad_input_is_reported_with_a_message_and_exit_status_1(tmp_path, capsys, args, message):
-    assert main([*args, "--out", str(tmp_path / "out")]) == 1
+def test_bad_input_is_reported_with_a_message_and_exit_status_2(tmp_path, capsys, args, message):
+    assert main([*args, "--out", str(tmp_path / "out")]) == 2
     assert message in capsys.readouterr().err
     assert not list((tmp_path).glob("out/*.png"))
 
@@ -105,21 +105,21 @@ def test_bad_input_is_reported_with_a_message_and_exit_status_1(tmp_path, capsys
 def test_codec_with_another_codebook_than_the_policy_is_refused_naming_both(tmp_path, capsys):
     folder = tmp_path / "ckpt27"
     build_tiny_policy(codebook_size=27).save(folder)
-    assert main(["--model", str(folder), "--codec", "palette", "--prompts", "a cat", "--out", str(tmp_path / "o")]) == 1
+    assert main(["--model", str(folder), "--codec", "palette", "--prompts", "a cat", "--out", str(tmp_path / "o")]) == 2
     assert "codec has codebook_size 64 but the policy expects 27" in capsys.readouterr().err
 
 
 def test_cosmos_codec_needs_a_codec_path(tiny_checkpoint, tmp_path, capsys):
-    assert main(["--model", str(tiny_checkpoint), "--prompts", "a cat", "--out", str(tmp_path / "o")]) == 1
+    assert main(["--model", str(tiny_checkpoint), "--prompts", "a cat", "--out", str(tmp_path / "o")]) == 2
     assert "codec_path is required" in capsys.readouterr().err
 
 
 def test_malformed_jsonl_names_the_line(tmp_path, capsys):
     (tmp_path / "p.jsonl").write_text('{"prompt": "ok"}\n{"caption": "no prompt key"}\n')
-    assert main(["--prompts_file", str(tmp_path / "p.jsonl"), "--out", str(tmp_path / "o")]) == 1
+    assert main(["--prompts_file", str(tmp_path / "p.jsonl"), "--out", str(tmp_path / "o")]) == 2
     assert "row 2 of prompts file" in capsys.readouterr().err
 
 
 def test_a_model_needs_prompts(tiny_checkpoint, tmp_path, capsys):
-    assert main(["--model", str(tiny_checkpoint), "--codec", "palette", "--out", str(tmp_path / "o")]) == 1
+    assert main(["--model", str(tiny_checkpoint), "--codec", "palette", "--out", str(tmp_path / "o")]) == 2
     assert "no prompts" in capsys.readouterr().err

@@ -24,7 +24,7 @@ from pretrain_sft.cache import (
 )
 from pretrain_sft.demo_data import write_image_folder
 from pretrain_sft.extract import ExtractArguments, extract
-from pretrain_sft.train import cpu_threads, main_pretrain, main_sft
+from pretrain_sft.train import cpu_threads, main_pretrain, main_sft, train_stage
 
 REPO = Path(__file__).resolve().parents[1]
 PRETRAIN = str(REPO / "recipes/tiny/pretrain.yaml")
@@ -126,7 +126,7 @@ def test_resuming_continues_from_the_last_checkpoint_and_an_unresumed_rerun_is_r
     run = shutil.copytree(pretrained, tmp_path / "run")
     argv = ["--config", PRETRAIN, "--cache", str(cache), "--output_dir", str(run)]
     with pytest.raises(FileExistsError, match="resume_from_checkpoint last"):
-        main_pretrain(argv)
+        train_stage(argv, "pretrain")
     assert main_pretrain(argv + ["--resume_from_checkpoint", "last", "--max_steps", "42"]) == 0
     assert json.loads((run / "simplear_training.json").read_text())["global_step"] == 42
 
@@ -146,24 +146,24 @@ def test_load_policy_round_trips_a_tiny_word_tokenizer(finetuned):
 def test_missing_start_path_fails_before_loading_and_names_it(cache, tmp_path):
     missing = tmp_path / "no-such-model"
     with pytest.raises(FileNotFoundError, match=str(missing)):
-        main_sft(["--config", SFT, "--cache", str(cache), "--model_name_or_path", str(missing), "--output_dir", str(tmp_path / "o")])
+        train_stage(["--config", SFT, "--cache", str(cache), "--model_name_or_path", str(missing), "--output_dir", str(tmp_path / "o")], "sft")
 
 
 def test_missing_cache_is_named(tmp_path):
     with pytest.raises(CacheError, match="no-cache.*does not exist"):
-        main_pretrain(["--config", PRETRAIN, "--cache", str(tmp_path / "no-cache"), "--output_dir", str(tmp_path / "o")])
+        train_stage(["--config", PRETRAIN, "--cache", str(tmp_path / "no-cache"), "--output_dir", str(tmp_path / "o")], "pretrain")
 
 
 def test_cache_with_another_codebook_is_refused_with_both_numbers(cache, tmp_path):
     other = tmp_path / "policy27"
     build_tiny_policy(codebook_size=27, grid=(8, 8), hidden_size=64).save(other)
     with pytest.raises(CacheError, match="codebook_size 64.*codebook_size 27"):
-        main_sft(["--config", SFT, "--cache", str(cache), "--model_name_or_path", str(other), "--output_dir", str(tmp_path / "o")])
+        train_stage(["--config", SFT, "--cache", str(cache), "--model_name_or_path", str(other), "--output_dir", str(tmp_path / "o")], "sft")
 
 
 def test_cache_with_another_resolution_is_refused_with_both_numbers(cache, tmp_path):
     with pytest.raises(CacheError, match="resolution 64.*resolution 128"):
-        main_pretrain(["--config", PRETRAIN, "--cache", str(cache), "--resolution", "128", "--output_dir", str(tmp_path / "o")])
+        train_stage(["--config", PRETRAIN, "--cache", str(cache), "--resolution", "128", "--output_dir", str(tmp_path / "o")], "pretrain")
 
 
 def test_empty_cache_is_refused_when_published_and_when_trained_on(cache, tmp_path):
@@ -174,7 +174,7 @@ def test_empty_cache_is_refused_when_published_and_when_trained_on(cache, tmp_pa
     rows_to_dataset([]).save_to_disk(str(empty))  # as another tool might leave it
     shutil.copy(cache / INFO_FILE, empty / INFO_FILE)
     with pytest.raises(CacheError, match="is empty"):
-        main_pretrain(["--config", PRETRAIN, "--cache", str(empty), "--output_dir", str(tmp_path / "o")])
+        train_stage(["--config", PRETRAIN, "--cache", str(empty), "--output_dir", str(tmp_path / "o")], "pretrain")
 
 
 def test_unknown_recipe_key_is_rejected_by_name(cache, tmp_path):
@@ -182,9 +182,9 @@ def test_unknown_recipe_key_is_rejected_by_name(cache, tmp_path):
     path = tmp_path / "typo.yaml"
     path.write_text(yaml.safe_dump(recipe))
     with pytest.raises(ValueError, match="learning_rat"):
-        main_pretrain(["--config", str(path), "--cache", str(cache), "--output_dir", str(tmp_path / "o")])
+        train_stage(["--config", str(path), "--cache", str(cache), "--output_dir", str(tmp_path / "o")], "pretrain")
 
 
 def test_recipe_stage_must_match_the_command(cache, tmp_path):
     with pytest.raises(ValueError, match="stage: pretrain.*simplear-rl sft"):
-        main_sft(["--config", PRETRAIN, "--cache", str(cache), "--output_dir", str(tmp_path / "o")])
+        train_stage(["--config", PRETRAIN, "--cache", str(cache), "--output_dir", str(tmp_path / "o")], "sft")

@@ -71,7 +71,7 @@ def test_dpg_layout_is_a_two_by_two_grid_per_prompt_file(checkpoint, tmp_path):
     bottom_left = reference_image(checkpoint, "two green bars", log[1]["seeds"][2])
     assert np.array_equal(grid[64:, :64], bottom_left)
     assert eval_main(["dpg", "--model", str(checkpoint), "--prompts", str(prompts), "--out", str(out),
-                      "--num_images", "2", *COMMON]) == 1
+                      "--num_images", "2", *COMMON]) == 2
 
 
 def test_reward_evaluation_reports_means_pass_rates_and_per_prompt_scores(checkpoint, tmp_path, capsys):
@@ -94,5 +94,5 @@ def test_reward_evaluation_refuses_a_prompt_set_without_the_needed_metadata(chec
     bare = tmp_path / "bare.jsonl"
     bare.write_text('{"prompt": "a red square"}\n')
     assert eval_main(["rewards", "--model", str(checkpoint), "--prompts", str(bare), "--rewards", "color_region",
-                      "--out", str(tmp_path / "o"), *COMMON]) == 1
+                      "--out", str(tmp_path / "o"), *COMMON]) == 2
     assert "objects" in capsys.readouterr().err

@@ -1,0 +1,115 @@
+"""How every ``simplear-rl`` command ends: exit codes, one-line errors, tracebacks behind ``--debug``.
+
+======  ======================================================================================
+exit    meaning
+======  ======================================================================================
+0       success
+1       a runtime failure (a reward raised during training, out of memory, a crashed worker)
+2       bad input, refused before or while reading it (a missing path, an unknown recipe key,
+        a value out of range, a malformed file, an output folder that holds an earlier run)
+======  ======================================================================================
+
+Either way the command prints ONE line, ``simplear-rl <cmd>: error: <what and how to fix>``;
+``--debug`` (or ``SIMPLEAR_RL_DEBUG=1``, which also reaches the commands a command starts) prints
+the traceback above it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import os
+import sys
+import traceback
+from typing import Callable, NoReturn
+
+EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT = 0, 1, 2
+DEBUG_ENV = "SIMPLEAR_RL_DEBUG"
+
+
+class BadInput(ValueError):
+    """Input a command refuses; raise it where no more specific ``ValueError``/``OSError`` fits."""
+
+
+def is_bad_input(err: BaseException) -> bool:
+    """Whether ``err`` reports bad input (exit 2) rather than a runtime failure (exit 1).
+
+    Bad input is what the commands raise while checking what they were given: ``ValueError`` (bad
+    values, keys, specs, caches) and ``OSError`` (missing or existing paths, unreadable files).
+    Everything else (``RuntimeError`` and friends, including a reward that fails while scoring) is
+    a runtime failure.
+    """
+    import yaml
+
+    if isinstance(err, RuntimeError):  # e.g. RewardScoreError is both a RewardError and a RuntimeError
+        return False
+    return isinstance(err, (ValueError, OSError, yaml.YAMLError))
+
+
+def one_line(text: str) -> str:
+    """``text`` with its line breaks folded, so an error is always exactly one line."""
+    return " ".join(part.strip() for part in str(text).splitlines() if part.strip())
+
+
+def debug_requested(argv: list[str]) -> tuple[bool, list[str]]:
+    """``(debug, argv without --debug)``; ``--debug VALUE`` is left alone (transformers' own option)."""
+    argv = list(argv)
+    debug = os.environ.get(DEBUG_ENV, "").lower() in ("1", "true", "yes")
+    for i, arg in enumerate(argv):
+        if arg == "--debug" and (i + 1 == len(argv) or argv[i + 1].startswith("-")):
+            del argv[i]
+            debug = True
+            break
+    return debug, argv
+
+
+def command(name: str) -> Callable[[Callable[[list[str]], int | None]], Callable[[list[str] | None], int]]:
+    """Decorate a command's ``main(argv)`` so every way out is an exit status and at most one error line.
+
+    The wrapped function returns the status instead of raising, whether it is called by the
+    ``simplear-rl`` dispatcher, by ``python -m``, by another command (the demo) or by a test.
+    """
+
+    def decorate(func: Callable[[list[str]], int | None]) -> Callable[[list[str] | None], int]:
+        @functools.wraps(func)
+        def main(argv: list[str] | None = None) -> int:
+            debug, argv = debug_requested(sys.argv[1:] if argv is None else argv)
+            before = os.environ.get(DEBUG_ENV)
+            if debug:
+                os.environ[DEBUG_ENV] = "1"  # nested commands and launched processes show theirs too
+            try:
+                return int(func(argv) or 0)
+            except KeyboardInterrupt:
+                print(f"simplear-rl {name}: interrupted", file=sys.stderr)
+                return 130
+            except Exception as err:  # noqa: BLE001 - the one place that turns errors into exit codes
+                bad = is_bad_input(err)
+                if debug:
+                    traceback.print_exc()
+                kind = "" if bad else f"{type(err).__name__}: "
+                hint = "" if debug or bad else " (rerun with --debug for the traceback)"
+                print(f"simplear-rl {name}: error: {kind}{one_line(err)}{hint}", file=sys.stderr, flush=True)
+                return EXIT_BAD_INPUT if bad else EXIT_FAILURE
+            finally:
+                if before is None:
+                    os.environ.pop(DEBUG_ENV, None)
+                else:
+                    os.environ[DEBUG_ENV] = before
+
+        return main
+
+    return decorate
+
+
+class CommandParser(argparse.ArgumentParser):
+    """``argparse`` whose usage errors raise :class:`BadInput` (one line, exit 2) instead of exiting.
+
+    Prefixes of option names are not accepted, so a typo is never silently taken for another flag.
+    """
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str) -> NoReturn:
+        raise BadInput(f"{message} (see `{self.prog} --help`)")
