@@ -1,13 +1,13 @@
 """Run folders of pretrain/SFT and the rules every trainer shares (pretrain_sft.checkpoints): resume
 from the newest COMPLETE checkpoint, metrics.jsonl, and a second run never overwriting the first."""
 
-import hashlib
 import json
 import logging
 import shutil
 from pathlib import Path
 
 import pytest
+from run_folder_helpers import cut_off, tree_hashes
 
 from pretrain_sft.checkpoints import check_output_dir, earlier_run, has_checkpoint, resolve_resume
 from pretrain_sft.demo_data import write_image_folder
@@ -17,21 +17,6 @@ from rl.curves import read_metrics
 
 REPO = Path(__file__).resolve().parents[1]
 PRETRAIN = str(REPO / "recipes/tiny/pretrain.yaml")
-
-
-def tree_hashes(root: Path) -> dict[str, str]:
-    """sha256 of every file under ``root``, by relative path."""
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
-
-
-def cut_off(checkpoint: Path, partial: str) -> None:
-    """Make ``checkpoint`` look like a save killed midway: an empty folder, or every file but trainer_state.json."""
-    if partial == "empty":
-        shutil.rmtree(checkpoint)
-        checkpoint.mkdir()
-    else:
-        (checkpoint / "trainer_state.json").unlink()
 
 
 def fake_checkpoint(folder: Path, complete: bool) -> Path:

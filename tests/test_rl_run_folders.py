@@ -1,7 +1,6 @@
 """GRPO run folders: resuming after a kill during a checkpoint save, a second run never overwriting
 the first, and the demo/ablation steering both (issue 9)."""
 
-import hashlib
 import json
 import logging
 import shutil
@@ -9,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from run_folder_helpers import cut_off, tree_hashes
 
 from rl.ablate import AblationSpec, run_variants
 from rl.curves import read_metrics
@@ -23,21 +23,6 @@ PROMPTS = REPO / "recipes" / "tiny" / "prompts.jsonl"
 def grpo_args(out: Path, *extra: str) -> list[str]:
     return ["--config", str(RECIPE), "--output_dir", str(out), "--train_prompts", str(PROMPTS), "--sample_every", "0",
             *extra]
-
-
-def tree_hashes(root: Path) -> dict[str, str]:
-    """sha256 of every file under ``root``, by relative path."""
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
-
-
-def cut_off(checkpoint: Path, partial: str) -> None:
-    """Make ``checkpoint`` look like a save killed midway: an empty folder, or every file but trainer_state.json."""
-    if partial == "empty":
-        shutil.rmtree(checkpoint)
-        checkpoint.mkdir()
-    else:
-        (checkpoint / "trainer_state.json").unlink()
 
 
 def error_lines(err: str, command: str) -> list[str]:
