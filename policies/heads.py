@@ -79,18 +79,21 @@ class VisualHead:
     The head's ``forward`` is swapped for the sliced projection during the call, so the hooks that
     DeepSpeed ZeRO-3 / FSDP2 attach to the module still gather its (possibly tied) weight for the
     forward and reduce its gradient in backward, and the ~151k text rows are still never multiplied.
+    With ``fp32`` the projection runs in float32 even inside a bf16 autocast region (see
+    :func:`visual_logits`).
     """
 
-    def __init__(self, model: nn.Module, vocab: VisualVocab):
+    def __init__(self, model: nn.Module, vocab: VisualVocab, fp32: bool = False):
         self.module = _output_head(model)
         rows = getattr(self.module.weight, "ds_shape", self.module.weight.shape)[0]  # ZeRO-3 keeps the full shape here
         _check_rows(int(rows), vocab)
         self.start, self.end = vocab.offset, vocab.vocab_size
+        self.fp32 = fp32
 
     def _sliced_forward(self, hidden: torch.Tensor) -> torch.Tensor:
         weight = self.module.weight[self.start : self.end]
         bias = self.module.bias[self.start : self.end] if getattr(self.module, "bias", None) is not None else None
-        return F.linear(hidden.to(weight.dtype), weight, bias)
+        return visual_logits(hidden, weight, bias, fp32=self.fp32)
 
     def __call__(self, hidden: torch.Tensor) -> torch.Tensor:
         """Logits ``[..., codebook_size]`` in float32."""
@@ -106,8 +109,19 @@ class VisualHead:
                 del self.module.forward
 
 
-def visual_logits(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """Logits over the codebook only, returned in float32."""
+def visual_logits(
+    hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, fp32: bool = False
+) -> torch.Tensor:
+    """Logits over the codebook only, returned in float32.
+
+    By default the projection runs in the compute dtype (the weights', or autocast's). With ``fp32``
+    it runs in float32 whatever the weights and any autocast region say: the last matmul then adds
+    no bf16 rounding to the logits, at the cost of a float32 head (see bench/numerics.py).
+    """
+    if fp32:
+        bias = bias.float() if bias is not None else None
+        with torch.autocast(device_type=hidden.device.type, enabled=False):
+            return F.linear(hidden.float(), weight.float(), bias)
     return F.linear(hidden.to(weight.dtype), weight, bias).float()
 
 

@@ -65,6 +65,7 @@ def sample_images(
     pad_id: int = 0,
     grid: tuple[int, int] | None = None,
     progress: bool = False,
+    fp32_head: bool = False,
 ) -> Rollout:
     """Sample one image per prompt row (repeat a prompt G times for G samples).
 
@@ -75,6 +76,8 @@ def sample_images(
             ``config.cfg_scale != 1``; ignored otherwise).
         seeds: one seed per row.
         grid: ``(h, w)`` to sample; defaults to ``vocab.grid``.
+        fp32_head: compute the visual head in float32 even under bf16 weights or autocast (the
+            float32 copy of its rows is made once per call).
     """
     n = len(prompt_ids)
     if len(seeds) != n:
@@ -85,6 +88,8 @@ def sample_images(
     h, w = grid or vocab.grid
     steps = h * w
     weight, bias = visual_head(model, vocab)
+    if fp32_head:
+        weight, bias = weight.float(), bias.float() if bias is not None else None
     decoder = decoder_of(model)
     device = weight.device
 
@@ -103,7 +108,7 @@ def sample_images(
     ).last_hidden_state[:, -1]
     next_pos = positions[:, -1:] + 1
     for t in tqdm(range(steps), desc="sampling tokens", disable=not progress, leave=False):
-        logits = visual_logits(hidden, weight, bias)
+        logits = visual_logits(hidden, weight, bias, fp32=fp32_head)
         cond, uncond = (logits[:n], logits[n:]) if use_cfg else (logits, None)
         lp = sampling_logprobs(cond, uncond, config)
         code = sample_from_logprobs(lp, uniforms[:, t])

@@ -78,12 +78,14 @@ def guided_token_logprobs(
     config: SamplingConfig,
     pad_id: int = 0,
     chunk_size: int = DEFAULT_CHUNK,
+    fp32_head: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Log-probs and entropies ``[B, T]`` of completions under the distribution the sampler used.
 
     Cond and uncond rows are stacked into ONE forward (two forwards before one backward would
     trip DDP), with explicit position ids, and only the visual slice of the head is evaluated.
-    With ``cfg_scale == 1`` the uncond rows are skipped.
+    With ``cfg_scale == 1`` the uncond rows are skipped. ``fp32_head`` computes the visual head in
+    float32 (pass the same value the sampler used).
     """
     batch, length = completion_ids.shape
     use_cfg = config.uses_cfg
@@ -95,7 +97,7 @@ def guided_token_logprobs(
     hidden = last_hidden_states(model, ids, mask)
     # hidden[:, j] predicts token j + 1: the completion is predicted by the `length` positions before its end.
     hidden = hidden[:, -length - 1 : -1]
-    head = VisualHead(model, vocab)
+    head = VisualHead(model, vocab, fp32=fp32_head)
     codes = vocab.tokens_to_codes(completion_ids)
 
     def chunk_scores(h_cond: torch.Tensor, h_uncond: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -16,6 +16,20 @@ from .checkpoints import OVERWRITE_HELP
 STAGES = ("pretrain", "sft")
 
 
+def check_bf16_device(args: TrainingArguments) -> None:
+    """``bf16: true`` on a machine without a CUDA GPU needs ``use_cpu: true``; say so instead of transformers' hint.
+
+    Call it before ``TrainingArguments.__post_init__`` (shared by the pretrain/SFT and GRPO configs).
+    """
+    import torch
+
+    if args.bf16 and not args.use_cpu and not torch.cuda.is_available():
+        raise ValueError(
+            "bf16: true asks for bf16 autocast, but no CUDA GPU is visible; on a CPU add use_cpu: true (bf16 "
+            "autocast on the CPU) or set bf16: false"
+        )
+
+
 @dataclass
 class StageArguments:
     """Which stage, which cache, and how sequences and the loss are built."""
@@ -88,4 +102,5 @@ class StageTrainingArguments(TrainingArguments):
     def __post_init__(self) -> None:
         if not self.output_dir:
             raise ValueError("output_dir is not set; give the run folder in the recipe or with --output_dir")
+        check_bf16_device(self)
         super().__post_init__()

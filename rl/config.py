@@ -16,8 +16,11 @@ from trl import GRPOConfig
 
 from policies.guidance import SamplingConfig
 from pretrain_sft.checkpoints import OVERWRITE_HELP
+from pretrain_sft.config import check_bf16_device
 
 LOGPROB_MODES = ("auto", "guided", "conditional")
+ROLLOUT_PRECISIONS = ("auto", "float32", "bfloat16")
+SWITCHES = ("auto", "true", "false")
 PROMPT_LENGTHS = ("short", "long", "mix")
 
 
@@ -61,8 +64,8 @@ class ImageGRPOConfig(GRPOConfig):
     logprob_mode: str = field(
         default="auto",
         metadata={
-            "help": "guided: trainer log-probs of the guided distribution the sampler drew from (ratio exactly 1 on "
-            "the first pass); conditional: TRL's conditional-branch log-probs (SimpleAR/T2I-R1 behaviour); "
+            "help": "guided: trainer log-probs of the guided distribution the sampler drew from (the same "
+            "distribution; equal log-probs up to rounding, ~1e-7 in fp32); conditional: TRL's conditional-branch log-probs (SimpleAR/T2I-R1 behaviour); "
             "auto: guided when cfg_scale != 1, else conditional.",
             "choices": list(LOGPROB_MODES),
         },
@@ -94,6 +97,46 @@ class ImageGRPOConfig(GRPOConfig):
         default="fail",
         metadata={"help": "fail: stop on a raising/NaN/inf reward; drop: score None for those rows (counted).",
                   "choices": ["fail", "drop"]},
+    )
+    rollout_precision: str = field(
+        default="auto",
+        metadata={
+            "help": "Compute dtype of rollouts: bfloat16 samples under bf16 autocast over the (fp32) weights, float32 "
+            "in fp32; auto: bfloat16 when training with bf16: true, else float32.",
+            "choices": list(ROLLOUT_PRECISIONS),
+        },
+    )
+    fp32_visual_head: bool = field(
+        default=True,
+        metadata={"help": "Compute the visual head (the last matmul) in float32 in rollouts and in scoring, even "
+                  "under bf16 autocast: it shrinks the sampler-trainer log-prob gap (see README, Numerics)."},
+    )
+    importance_sampling_correction: str = field(
+        default="auto",
+        metadata={
+            "help": "Correct the rollouts for the sampler-trainer mismatch with TRL's truncated/masked importance "
+            "sampling (its vllm_importance_sampling_mode / _clip_max / _clip_min keys apply): the sampler's "
+            "per-token log-probs are the sampling log-probs. auto: on when rollouts run in another precision than "
+            "float32 (logprob_mode: guided); false: off. Not available with logprob_mode: conditional, which scores "
+            "another distribution than the sampled one by design.",
+            "choices": list(SWITCHES),
+        },
+    )
+    # TRL's defaults suit short texts: a sequence-level mask over 4,096 image tokens masks almost every
+    # row, since per-token differences add up. Truncated token-level ratios (TIS, C=2) are the default.
+    vllm_importance_sampling_mode: str = field(
+        default="token_truncate",
+        metadata={"help": "TRL's importance-sampling mode for the sampler correction: token_truncate | token_mask | "
+                  "sequence_truncate | sequence_mask."},
+    )
+    vllm_importance_sampling_clip_max: float | None = field(
+        default=2.0, metadata={"help": "Upper bound of the importance-sampling ratio (truncated, or masked above)."}
+    )
+    allow_low_precision_weights: bool = field(
+        default=False,
+        metadata={"help": "Experts only: train bf16/fp16 trainable weights without an fp32 master copy. AdamW updates "
+                  "at lr ~1e-6 are below bf16's resolution on weights of ~1e-2 and round away (about 2% of the "
+                  "elements move). Prefer dtype: float32 with bf16: true (fp32 masters, bf16 compute)."},
     )
     disable_dropout: bool = field(
         default=True,
@@ -132,11 +175,13 @@ class ImageGRPOConfig(GRPOConfig):
             self.bf16 = not self.fp16 and bf16_available()
         if self.activation_checkpointing is None and self.gradient_checkpointing is None:
             self.activation_checkpointing = True  # TRL's default; an old `gradient_checkpointing` key still wins
+        check_bf16_device(self)
         super().__post_init__()
         if self.logprob_mode not in LOGPROB_MODES:
             raise ValueError(f"logprob_mode must be one of {LOGPROB_MODES}, got {self.logprob_mode!r}")
         if self.logprob_mode == "auto":
             self.logprob_mode = "guided" if self.cfg_scale != 1.0 else "conditional"
+        resolve_rollout_numerics(self)
         refuse_unworkable(self)
 
     @property
@@ -147,6 +192,44 @@ class ImageGRPOConfig(GRPOConfig):
         """The rollout sampler's settings; raises on values out of range (checked when the recipe is parsed)."""
         return SamplingConfig(
             cfg_scale=self.cfg_scale, temperature=self.temperature, top_k=self.top_k or 0, top_p=self.top_p
+        )
+
+
+def resolve_rollout_numerics(args: "ImageGRPOConfig") -> None:
+    """Settle ``rollout_precision`` and whether TRL's importance-sampling correction runs (``auto`` values)."""
+    for key, choices in (("rollout_precision", ROLLOUT_PRECISIONS), ("importance_sampling_correction", SWITCHES)):
+        value = str(getattr(args, key)).lower()
+        if value not in choices:
+            raise ValueError(f"{key} must be one of {', '.join(choices)}, got {getattr(args, key)!r}")
+        setattr(args, key, value)
+    if args.rollout_precision == "auto":
+        args.rollout_precision = "bfloat16" if args.bf16 else "float32"
+    if args.rollout_precision == "bfloat16" and not args.bf16:
+        raise ValueError("rollout_precision: bfloat16 needs bf16: true (rollouts run under the trainer's bf16 autocast)")
+    correction = args.importance_sampling_correction
+    if correction == "true" and args.logprob_mode != "guided":
+        raise ValueError(
+            "importance_sampling_correction: true needs logprob_mode: guided. In conditional mode the trainer scores "
+            "the conditional branch over the whole vocabulary, not the distribution the sampler drew from, so the "
+            "ratio would correct the method, not the numerics"
+        )
+    if correction == "auto":
+        correction = "true" if args.logprob_mode == "guided" and args.rollout_precision != "float32" else "false"
+    args.importance_sampling_correction = correction
+    # TRL reads its own flag; its correction code runs for our sampler's log-probs (see rl/trainer.py).
+    args.vllm_importance_sampling_correction = correction == "true"
+
+
+def check_master_weights(args: "ImageGRPOConfig", dtype: str | None, use_peft: bool) -> None:
+    """Refuse bf16/fp16 trainable weights without an fp32 master copy (before anything loads)."""
+    if use_peft or args.deepspeed or args.allow_low_precision_weights:
+        return  # LoRA adapters are fp32 (PEFT upcasts them); DeepSpeed keeps fp32 masters
+    if str(dtype).lower() in ("bfloat16", "bf16", "float16", "fp16", "half"):
+        raise ValueError(
+            f"dtype: {dtype} would train the policy's weights in {dtype} with no fp32 master copy: AdamW updates at "
+            "lr ~1e-6 fall below bf16's resolution and round away (about 2% of the weights move). Load fp32 master "
+            "weights (dtype: float32) and compute in bf16 with bf16: true; or use LoRA (use_peft: true) or DeepSpeed; "
+            "allow_low_precision_weights: true accepts the loss"
         )
 
 

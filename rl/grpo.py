@@ -21,7 +21,7 @@ from policies.recipes import RecipeParser
 from policies.tiny import build_tiny_policy, caption_words
 from pretrain_sft.checkpoints import last_complete_checkpoint, prepare_output_dir
 
-from .config import ImageGRPOConfig, ScriptArguments
+from .config import ImageGRPOConfig, ScriptArguments, check_master_weights
 from .data import load_prompt_set
 
 logger = logging.getLogger(__name__)
@@ -97,6 +97,7 @@ def build_trainer(script: ScriptArguments, args: ImageGRPOConfig, model_args: Mo
     from .trainer import ImageGRPOTrainer
 
     check_paths(script, model_args)
+    check_master_weights(args, model_args.dtype, model_args.use_peft)
     if not args.rewards:
         raise ValueError("the recipe names no rewards: add `rewards: [{name: ..., weight: ...}]`")
     if args.report_to and "wandb" in args.report_to:

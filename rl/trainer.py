@@ -5,14 +5,21 @@ One step: TRL's ``_prepare_inputs`` -> ``_generate_and_score_completions`` -> ou
 group advantages and buffering -> TRL's ``_compute_loss`` -> our
 ``_get_per_token_logps_and_entropies`` (guided mode). TRL keeps the loss, KL, advantages, gather,
 PEFT reference and checkpointing.
+
+Numerics: trainable weights are fp32 masters; training computes under the trainer's bf16 autocast
+(``bf16: true``) and so do rollouts (``rollout_precision``). The sampler's per-token log-probs go
+to TRL's sampling-log-prob path, where TRL's truncated/masked importance-sampling correction (the
+one it runs for vLLM rollouts) corrects the remaining sampler-trainer mismatch.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from collections import defaultdict
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -79,6 +86,8 @@ class ImageGRPOTrainer(GRPOTrainer):
         self.policy = Policy(model=policy.model, tokenizer=policy.tokenizer, vocab=vocab)
         self.reward_suite = rewards
         self.sampling = args.sampling_config()
+        #: What rollouts sample with; the same as :attr:`sampling` (which scoring uses) unless a test changes it.
+        self.rollout_sampling = self.sampling
         if args.logprob_mode == "conditional" and self.sampling.truncates(vocab.codebook_size):
             logger.warning(
                 "logprob_mode=conditional scores without top-k/top-p truncation while rollouts truncate; "
@@ -99,6 +108,11 @@ class ImageGRPOTrainer(GRPOTrainer):
             peft_config=peft_config,
             callbacks=callbacks,
         )
+        check_trainable_dtypes(self.model, args)
+        # TRL 1.16 runs its importance-sampling correction of sampling log-probs only `if self.use_vllm`; our
+        # sampler's log-probs take that path (see the `use_vllm` property). Switched on after TRL's __init__, so
+        # TRL sets up no vLLM engine.
+        self._sampler_correction = bool(args.vllm_importance_sampling_correction)
         self.codec = codec.to(self.accelerator.device)
         self._uncond_ids = self.policy.encode_uncond()
         self._pad_id = self.policy.pad_id
@@ -112,6 +126,22 @@ class ImageGRPOTrainer(GRPOTrainer):
         self.add_callback(RewardProgressCallback())
         self.add_callback(MetricsFileCallback(args.output_dir))
         self.add_callback(RewardCurveCallback(args.output_dir, smoothing=args.reward_curve_smoothing))
+
+    @property
+    def use_vllm(self) -> bool:
+        """TRL's switch for its sampling-log-prob importance-sampling correction (vLLM itself is never used)."""
+        return getattr(self, "_sampler_correction", False)
+
+    @use_vllm.setter
+    def use_vllm(self, value: bool) -> None:
+        if value:  # refused in the config already; this guards TRL code paths that would start vLLM
+            raise ValueError("use_vllm is not supported: rollouts use the CFG image sampler")
+
+    def _rollout_autocast(self):
+        """The autocast region rollouts run in: bf16 over the fp32 weights, or none (``rollout_precision``)."""
+        if self.args.rollout_precision == "float32":
+            return nullcontext()
+        return torch.autocast(device_type=self.accelerator.device.type, dtype=torch.bfloat16)
 
     # ------------------------------------------------------------------ rollout
     def _rollout_seeds(self, n: int, mode: str) -> list[int]:
@@ -139,9 +169,11 @@ class ImageGRPOTrainer(GRPOTrainer):
             torch.no_grad(),
             self._dist.summon_full_params(self.model_wrapped, recurse=False),
         ):
-            rollout = sample_images(
-                unwrapped, self.vocab, prompt_ids, self._uncond_ids, self.sampling, seeds, pad_id=self._pad_id
-            )
+            with self._rollout_autocast():  # one region: autocast casts each weight to bf16 once per rollout
+                rollout = sample_images(
+                    unwrapped, self.vocab, prompt_ids, self._uncond_ids, self.rollout_sampling, seeds,
+                    pad_id=self._pad_id, fp32_head=self.args.fp32_visual_head,
+                )
             images = to_unit(self.codec.decode(rollout.codes))
         device = self.accelerator.device
         metrics = self._metrics[mode]
@@ -156,7 +188,8 @@ class ImageGRPOTrainer(GRPOTrainer):
         h, w = self.vocab.grid
         completions = [f"<image {h}x{w}>"] * len(prompts)
         extra_fields = {"images": list(images)}
-        return prompt_ids, rollout.token_ids.tolist(), None, completions, None, extra_fields, None, []
+        sampling_logps = rollout.logprobs.tolist() if self._sampler_correction else None
+        return prompt_ids, rollout.token_ids.tolist(), None, completions, sampling_logps, extra_fields, None, []
 
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
         rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
@@ -171,10 +204,31 @@ class ImageGRPOTrainer(GRPOTrainer):
         if logps.size(1) < width:  # completions padded by pad_to_multiple_of
             logps = torch.nn.functional.pad(logps, (0, width - logps.size(1)))
         output[SAMPLER_LOGPS_KEY] = logps
+        if self._sampler_correction:
+            self._log_clipped_fraction(output)
         self._rollout_global_step = self.state.global_step
         if self.model.training:
             self._record_rollout(rollout, output["advantages"])
         return output
+
+    def _log_clipped_fraction(self, output: dict) -> None:
+        """Fraction of importance-sampling ratios (tokens or sequences) outside TRL's clip bounds, next to TRL's
+        ``sampling/importance_sampling_ratio/{min,mean,max}``."""
+        args = self.args
+        mask = output["completion_mask"].bool()
+        diff = (output["old_per_token_logps"] - output["sampling_per_token_logps"]).masked_fill(~mask, 0.0)
+        low = args.vllm_importance_sampling_clip_min if args.vllm_importance_sampling_clip_min is not None else -math.inf
+        high = args.vllm_importance_sampling_clip_max if args.vllm_importance_sampling_clip_max is not None else math.inf
+        if args.vllm_importance_sampling_mode.startswith("sequence"):
+            ratio = diff.sum(dim=-1).exp()
+        else:
+            ratio = diff.exp()[mask]
+        outside = ((ratio < low) | (ratio > high)).float()
+        stats = torch.stack([outside.sum(), torch.tensor(float(outside.numel()), device=outside.device)])
+        gathered = self.accelerator.gather(stats.unsqueeze(0))
+        mode = "train" if self.model.training else "eval"
+        fraction = (gathered[:, 0].sum() / gathered[:, 1].sum().clamp(min=1)).item()
+        self._metrics[mode]["sampling/importance_sampling_ratio/clipped_frac"].append(fraction)
 
     def _local_rewards(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         """This rank's rows of the gathered per-reward matrix and their weighted totals."""
@@ -272,6 +326,7 @@ class ImageGRPOTrainer(GRPOTrainer):
                     self.sampling,
                     pad_id=self._pad_id,
                     chunk_size=self.args.logprob_chunk_size,
+                    fp32_head=self.args.fp32_visual_head,
                 )
             all_logps.append(logps)
             all_entropies.append(entropies)
@@ -288,3 +343,16 @@ class ImageGRPOTrainer(GRPOTrainer):
         mode = "train" if self.model.training else "eval"
         self._metrics[mode]["sampling/logprob_gap/mean"].append((gathered[:, 0].sum() / gathered[:, 1].sum().clamp(min=1)).item())
         self._metrics[mode]["sampling/logprob_gap/max"].append(gathered[:, 2].max().item())
+
+
+def check_trainable_dtypes(model: torch.nn.Module, args: ImageGRPOConfig) -> None:
+    """Refuse trainable weights below fp32 without a master copy (e.g. a checkpoint loaded with ``dtype: auto``)."""
+    if args.deepspeed or args.allow_low_precision_weights:
+        return
+    low = sorted({str(p.dtype).removeprefix("torch.") for p in model.parameters() if p.requires_grad and p.dtype != torch.float32})
+    if low:
+        raise ValueError(
+            f"trainable weights are {', '.join(low)} with no fp32 master copy: AdamW updates at lr ~1e-6 round away. "
+            "Load them as fp32 (dtype: float32) and compute in bf16 with bf16: true, or set "
+            "allow_low_precision_weights: true to accept the loss"
+        )
