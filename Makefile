@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed-stamp
 LOCK := constraints.txt
 LATEST := .venv-latest
 
-.PHONY: install demo test test-slow test-latest lock bench clean
+.PHONY: install demo test test-slow test-latest lock bench bench-gpu clean
 
 $(STAMP): setup.cfg pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,10 @@ lock: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/rollout.py
+
+# One-shot GPU check (CUDA, < 8 minutes): rollout backends at real size and one GRPO step -> bench/gpu_check/
+bench-gpu: $(STAMP)
+	bench/gpu_check.sh
 
 clean:
 	rm -rf $(VENV) $(LATEST) *.egg-info .pytest_cache

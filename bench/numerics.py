@@ -64,10 +64,10 @@ from policies.scoring import guided_token_logprobs, map_position_chunks  # noqa:
 from policies.tiny import tiny_qwen2_config  # noqa: E402
 from policies.vocab import VisualVocab  # noqa: E402
 
-TEXT_VOCAB, CODEBOOK = 151_672, 64_000  # the released SimpleAR layout: 215,672 rows
-T2I, SOI, PAD = 151_665, 151_667, 151_643
+from rollout import CODEBOOK, PAD, SIZES, SOI, T2I, TEXT_VOCAB  # noqa: E402  (bench/ is this script's folder)
+
 DIMS = {
-    "0.5b": dict(hidden_size=896, num_hidden_layers=24, num_attention_heads=14, num_key_value_heads=2, intermediate_size=4864),
+    "0.5b": SIZES["0.5b"],
     "1.5b": dict(hidden_size=1536, num_hidden_layers=28, num_attention_heads=12, num_key_value_heads=2, intermediate_size=8960),
 }
 HEAD_MODES = ("autocast", "autocast+fp32head", "fp32")

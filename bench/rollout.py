@@ -1,12 +1,22 @@
-"""Rollout benchmark: our CFG sampler vs transformers ``generate()`` CFG vs a plain two-forward loop.
+"""Rollout benchmark: our CFG sampler (eager and compiled backends) vs transformers ``generate()`` CFG vs a
+plain two-forward loop.
 
 Same model (random weights, built in code), same prompts, same grid, same CFG scale, measured in
 one run with warm-up and interleaved repeats. Reported: image tokens per second, seconds per image,
-the speed-up of ours over each baseline, and peak memory above the model's own footprint (peak RSS
-on CPU, ``torch.cuda.max_memory_allocated`` on CUDA).
+each method's speed relative to the eager backend, the compiled backend's compilation seconds
+(separate from its steady-state time) and peak memory above the level at the method's start (peak
+RSS on CPU, ``torch.cuda.max_memory_allocated`` on CUDA).
 
     python bench/rollout.py                      # CPU: 215,672-row vocab, 4 layers, hidden 256, 16x16, 8 prompts
-    python bench/rollout.py --device cuda --size 0.5b --grid 64 --batch 1,16 --methods ours
+    python bench/rollout.py --size tiny --grid 8 --batch 4 --threads 1   # the tiny demo policy's size
+    python bench/rollout.py --device cuda --size 0.5b --grid 64 --batch 1,16 --methods eager,compiled
+
+Our backends:
+  eager        ``policies.sampler.sample_images``: cond and uncond rows in one batched forward per step,
+               one growing KV cache, only the visual rows of the head.
+  compiled     the same with ``backend="compiled"``: a static KV cache and a ``torch.compile``'d
+               fixed-shape decode step (a CUDA graph on GPU). Its warm-up is a full rollout of the
+               measured grid, which compiles; the compilation is reported as ``compile_seconds``.
 
 The baselines:
   hf-generate  ``model.generate(guidance_scale=s, negative_prompt_ids=...)``: transformers runs the
@@ -41,21 +51,32 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 from policies.guidance import SamplingConfig  # noqa: E402
 from policies.heads import position_ids_from_mask  # noqa: E402
 from policies.sampler import left_pad, sample_images  # noqa: E402
+from policies.static_sampler import COMPILE_STATS  # noqa: E402
 from policies.vocab import VisualVocab  # noqa: E402
 
 TEXT_VOCAB, CODEBOOK = 151_672, 64_000  # the released SimpleAR layout: 215,672 rows
 T2I, SOI, PAD = 151_665, 151_667, 151_643
 SIZES = {
+    # The tiny demo policy (recipes/tiny, recipes/demo): 2 layers, hidden 64, a ~100-word text vocabulary, 64 codes.
+    "tiny": dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, intermediate_size=128),
     "cpu": dict(hidden_size=256, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2, intermediate_size=1024),
     # Qwen2.5-0.5B dimensions (the SimpleAR-0.5B backbone).
     "0.5b": dict(hidden_size=896, num_hidden_layers=24, num_attention_heads=14, num_key_value_heads=2, intermediate_size=4864),
 }
+#: ``(text_vocab_size, codebook_size)`` per size: the released SimpleAR layout except for the tiny demo policy.
+LAYOUTS = {"tiny": (104, 64), "cpu": (TEXT_VOCAB, CODEBOOK), "0.5b": (TEXT_VOCAB, CODEBOOK)}
+
+
+def layout_vocab(size: str, grid: tuple[int, int]) -> VisualVocab:
+    """The visual layout of a benchmark size."""
+    text_vocab, codebook = LAYOUTS[size]
+    return VisualVocab(text_vocab_size=text_vocab, codebook_size=codebook, grid=grid)
 
 
 def build_model(size: str, device: torch.device, dtype: torch.dtype) -> Qwen2ForCausalLM:
-    """A random-weight Qwen2 with the real 215,672-row vocabulary and a body of the chosen size."""
+    """A random-weight Qwen2 with the size's vocabulary (the real 215,672 rows except ``tiny``) and body."""
     config = Qwen2Config(
-        vocab_size=TEXT_VOCAB + CODEBOOK, tie_word_embeddings=True, use_sliding_window=False,
+        vocab_size=sum(LAYOUTS[size]), tie_word_embeddings=True, use_sliding_window=False,
         max_position_embeddings=32_768, rope_theta=1_000_000.0, **SIZES[size],
     )
     torch.manual_seed(0)
@@ -64,53 +85,70 @@ def build_model(size: str, device: torch.device, dtype: torch.dtype) -> Qwen2For
     return model
 
 
-def make_prompts(batch: int) -> tuple[list[list[int]], list[int]]:
+def special_ids(vocab: VisualVocab) -> tuple[int, int, int]:
+    """``(t2i, soi, pad)`` ids: SimpleAR's for the real layout, the last text ids for the tiny one."""
+    if vocab.text_vocab_size == TEXT_VOCAB:
+        return T2I, SOI, PAD
+    return vocab.text_vocab_size - 7, vocab.text_vocab_size - 5, 0
+
+
+def make_prompts(batch: int, vocab: VisualVocab) -> tuple[list[list[int]], list[int]]:
     """``batch`` templated prompts of different lengths (random text ids) and the shared uncond prompt."""
+    t2i, soi, _ = special_ids(vocab)
+    low, high = (1_000, 150_000) if vocab.text_vocab_size == TEXT_VOCAB else (3, vocab.text_vocab_size - 7)
     gen = torch.Generator().manual_seed(1)
     prompts = []
     for i in range(batch):
-        caption = torch.randint(1_000, 150_000, (12 + (7 * i) % 24,), generator=gen).tolist()
-        prompts.append([T2I, *caption, SOI])
-    return prompts, [T2I, SOI]
+        caption = torch.randint(low, high, (12 + (7 * i) % 24,), generator=gen).tolist()
+        prompts.append([t2i, *caption, soi])
+    return prompts, [t2i, soi]
 
 
-# ----------------------------------------------------------------------------- the three samplers
+# ----------------------------------------------------------------------------- the four samplers
 
 
-def run_ours(model, prompts, uncond, steps_grid, cfg_scale, seed):
-    vocab = VisualVocab(text_vocab_size=TEXT_VOCAB, codebook_size=CODEBOOK, grid=steps_grid)
-    seeds = [seed + i for i in range(len(prompts))]
-    return sample_images(model, vocab, prompts, uncond, SamplingConfig(cfg_scale=cfg_scale), seeds, pad_id=PAD).token_ids
+def run_sampler(backend: str):
+    def run(model, vocab, prompts, uncond, cfg_scale, seed):
+        seeds = [seed + i for i in range(len(prompts))]
+        config = SamplingConfig(cfg_scale=cfg_scale)
+        return sample_images(model, vocab, prompts, uncond, config, seeds, pad_id=special_ids(vocab)[2],
+                             backend=backend).token_ids
+
+    run.__name__ = f"run_{backend}"
+    return run
 
 
 class VisualOnly(LogitsProcessor):
     """Restricts sampling to the visual ids (applied after transformers' CFG processor)."""
 
+    def __init__(self, offset: int):
+        self.offset = offset
+
     def __call__(self, input_ids, scores):
-        scores[:, :TEXT_VOCAB] = -float("inf")
+        scores[:, : self.offset] = -float("inf")
         return scores
 
 
-def run_hf_generate(model, prompts, uncond, grid, cfg_scale, seed):
-    device = model.device
-    ids, mask = left_pad(prompts, PAD, device)
+def run_hf_generate(model, vocab, prompts, uncond, cfg_scale, seed):
+    device, pad = model.device, special_ids(vocab)[2]
+    ids, mask = left_pad(prompts, pad, device)
     negative = torch.tensor([uncond] * len(prompts), device=device)
-    steps = grid[0] * grid[1]
+    steps = vocab.num_image_tokens
     torch.manual_seed(seed)
     out = model.generate(
         input_ids=ids, attention_mask=mask, negative_prompt_ids=negative,
         negative_prompt_attention_mask=torch.ones_like(negative), guidance_scale=cfg_scale,
         do_sample=True, temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=steps, min_new_tokens=steps,
-        logits_processor=[VisualOnly()], pad_token_id=PAD, eos_token_id=None,
+        logits_processor=[VisualOnly(vocab.offset)], pad_token_id=pad, eos_token_id=None,
     )
     return out[:, ids.size(1) :]
 
 
-def run_plain_loop(model, prompts, uncond, grid, cfg_scale, seed):
+def run_plain_loop(model, vocab, prompts, uncond, cfg_scale, seed):
     device = model.device
     gen = torch.Generator(device).manual_seed(seed)
-    batch, steps = len(prompts), grid[0] * grid[1]
-    ids, mask = left_pad(prompts, PAD, device)
+    batch, steps = len(prompts), vocab.num_image_tokens
+    ids, mask = left_pad(prompts, special_ids(vocab)[2], device)
     pos = position_ids_from_mask(mask)
     u_ids = torch.tensor([uncond] * batch, device=device)
     cond_cache, uncond_cache = DynamicCache(), DynamicCache()
@@ -121,7 +159,7 @@ def run_plain_loop(model, prompts, uncond, grid, cfg_scale, seed):
         c = cond.logits[:, -1].float().log_softmax(-1)
         u = unc.logits[:, -1].float().log_softmax(-1)
         guided = u + cfg_scale * (c - u)
-        guided[:, :TEXT_VOCAB] = -float("inf")
+        guided[:, : vocab.offset] = -float("inf")
         token = torch.multinomial(guided.softmax(-1), 1, generator=gen)
         tokens.append(token)
         pos, mask, u_len = pos + 1, torch.cat([mask, mask.new_ones(batch, 1)], 1), u_len + 1
@@ -130,7 +168,8 @@ def run_plain_loop(model, prompts, uncond, grid, cfg_scale, seed):
     return torch.cat(tokens, dim=1)
 
 
-METHODS = {"ours": run_ours, "hf-generate": run_hf_generate, "plain-loop": run_plain_loop}
+METHODS = {"eager": run_sampler("eager"), "compiled": run_sampler("compiled"), "hf-generate": run_hf_generate,
+           "plain-loop": run_plain_loop}
 
 
 # ----------------------------------------------------------------------------- measuring
@@ -179,57 +218,65 @@ class PeakMemory:
             self.peak = max(self._max, self._rss()) - self._base
 
 
-def timed(fn, model, prompts, uncond, grid, cfg_scale, seed) -> tuple[float, int, torch.Tensor]:
+def timed(fn, model, vocab, prompts, uncond, cfg_scale, seed) -> tuple[float, int, torch.Tensor]:
     with PeakMemory(model.device) as mem, torch.no_grad():
         start = time.perf_counter()
-        tokens = fn(model, prompts, uncond, grid, cfg_scale, seed)
+        tokens = fn(model, vocab, prompts, uncond, cfg_scale, seed)
         if model.device.type == "cuda":
             torch.cuda.synchronize()
         seconds = time.perf_counter() - start
-    expected = (len(prompts), grid[0] * grid[1])
-    if tuple(tokens.shape) != expected or not bool(((tokens >= TEXT_VOCAB) & (tokens < TEXT_VOCAB + CODEBOOK)).all()):
+    expected = (len(prompts), vocab.num_image_tokens)
+    if tuple(tokens.shape) != expected or not bool(((tokens >= vocab.offset) & (tokens < vocab.vocab_size)).all()):
         raise AssertionError(f"{fn.__name__} returned {tuple(tokens.shape)} tokens (expected {expected}) or text ids")
     return seconds, mem.peak, tokens
 
 
-def bench_batch(model, methods, batch, grid, cfg_scale, repeats) -> list[dict]:
-    prompts, uncond = make_prompts(batch)
-    for name in methods:  # warm-up: kernels, allocator, thread pools
-        timed(METHODS[name], model, prompts, uncond, (2, 2), cfg_scale, seed=0)
+def bench_batch(model, vocab, methods, batch, cfg_scale, repeats) -> list[dict]:
+    """One row per method: best and median of ``repeats`` interleaved runs after a warm-up."""
+    prompts, uncond = make_prompts(batch, vocab)
+    compile_seconds = {name: 0.0 for name in methods}
+    for name in methods:  # warm-up: kernels, allocator, thread pools; the compiled backend compiles for this grid
+        before = COMPILE_STATS.seconds
+        warm_vocab = vocab if name == "compiled" else vocab.with_grid((2, 2))
+        timed(METHODS[name], model, warm_vocab, prompts, uncond, cfg_scale, seed=0)
+        compile_seconds[name] = COMPILE_STATS.seconds - before
     times = {name: [] for name in methods}
     peaks = {name: 0 for name in methods}
     for r in range(repeats):  # interleaved so that drifting machine load hits every method alike
         for name in methods:
-            seconds, peak, _ = timed(METHODS[name], model, prompts, uncond, grid, cfg_scale, seed=r)
+            seconds, peak, _ = timed(METHODS[name], model, vocab, prompts, uncond, cfg_scale, seed=r)
             times[name].append(seconds)
             peaks[name] = max(peaks[name], peak)
-    tokens = batch * grid[0] * grid[1]
+    tokens = batch * vocab.num_image_tokens
     rows = []
     for name in methods:
         best = min(times[name])
         rows.append({
-            "method": name, "batch": batch, "grid": list(grid), "seconds_best": best,
+            "method": name, "batch": batch, "grid": list(vocab.grid), "seconds_best": best,
             "seconds_median": statistics.median(times[name]), "tokens_per_s": tokens / best,
             "seconds_per_image": best / batch, "images_per_s": batch / best, "peak_mem_mb": peaks[name] / 2**20,
+            "compile_seconds": compile_seconds[name],
         })
-    if "ours" in methods:
-        ours = min(times["ours"])
+    if "eager" in methods:
+        eager = min(times["eager"])
         for row in rows:
-            row["ours_speedup"] = row["seconds_best"] / ours
+            row["speed_vs_eager"] = eager / row["seconds_best"]
     return rows
 
 
 def markdown(rows: list[dict], device: str) -> str:
-    mem = "peak GPU mem over weights (MB)" if device == "cuda" else "peak RSS over baseline (MB)"
+    """The rows as a Markdown table."""
+    mem = "peak GPU mem over start (MB)" if device == "cuda" else "peak RSS over start (MB)"
     lines = [
-        f"| method | batch | grid | tokens/s | s/image | images/s | ours is × faster | {mem} |",
-        "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: |",
+        f"| method | batch | grid | tokens/s | s/image | images/s | × eager speed | compile s | {mem} |",
+        "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in rows:
-        speedup = f"{r['ours_speedup']:.2f}" if "ours_speedup" in r else "–"
+        speed = f"{r['speed_vs_eager']:.2f}" if "speed_vs_eager" in r else "–"
         lines.append(
             f"| {r['method']} | {r['batch']} | {r['grid'][0]}×{r['grid'][1]} | {r['tokens_per_s']:.0f} | "
-            f"{r['seconds_per_image']:.3f} | {r['images_per_s']:.2f} | {speedup} | {r['peak_mem_mb']:.0f} |"
+            f"{r['seconds_per_image']:.3f} | {r['images_per_s']:.2f} | {speed} | {r['compile_seconds']:.1f} | "
+            f"{r['peak_mem_mb']:.0f} |"
         )
     return "\n".join(lines)
 
@@ -237,7 +284,8 @@ def markdown(rows: list[dict], device: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--device", default="cpu")
-    p.add_argument("--size", choices=sorted(SIZES), default="cpu", help="model body: cpu (4 layers, hidden 256) or 0.5b")
+    p.add_argument("--size", choices=sorted(SIZES), default="cpu",
+                   help="model: tiny (the demo policy), cpu (4 layers, hidden 256) or 0.5b (Qwen2.5-0.5B dimensions)")
     p.add_argument("--dtype", default=None, help="default: float32 on CPU, bfloat16 on CUDA")
     p.add_argument("--grid", type=int, default=16, help="side of the square token grid")
     p.add_argument("--batch", default="8", help="comma-separated numbers of prompts, e.g. 1,16")
@@ -257,16 +305,19 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     model = build_model(args.size, device, dtype)
+    vocab = layout_vocab(args.size, (args.grid, args.grid))
     params = sum(t.numel() for t in model.parameters())
     env = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
-        "size": args.size, "dtype": str(dtype).removeprefix("torch."), "params": params, "vocab": TEXT_VOCAB + CODEBOOK,
+        "size": args.size, "dtype": str(dtype).removeprefix("torch."), "params": params, "vocab": vocab.vocab_size,
         "cfg_scale": args.cfg_scale, "repeats": args.repeats, "torch": torch.__version__,
     }
     print(f"# rollout benchmark: {json.dumps(env)}", flush=True)
     rows = []
     for batch in (int(b) for b in args.batch.split(",")):
-        rows += bench_batch(model, methods, batch, (args.grid, args.grid), args.cfg_scale, args.repeats)
+        rows += bench_batch(model, vocab, methods, batch, args.cfg_scale, args.repeats)
+        done = ", ".join(f"{r['method']} {r['tokens_per_s']:.0f}" for r in rows[-len(methods):])
+        print(f"# batch {batch}: tokens/s {done}", file=sys.stderr, flush=True)
     print(markdown(rows, device.type))
     if args.json:
         Path(args.json).write_text(json.dumps({"env": env, "rows": rows}, indent=2) + "\n")

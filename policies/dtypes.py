@@ -16,12 +16,31 @@ _NAMES = {
 }
 
 
-def resolve_dtype(dtype: str | torch.dtype | None, device: str | torch.device | None) -> torch.dtype:
-    """``None``/"auto" → bf16 on CUDA and fp32 elsewhere (CPU bf16 is slow); names → torch dtypes."""
+#: On a CPU with bf16 hardware, bf16 is the faster dtype from this hidden size on (measured, README Performance).
+CPU_BF16_MIN_HIDDEN = 256
+
+
+def cpu_has_bf16() -> bool:
+    """Whether this CPU multiplies bf16 in hardware (AMX or AVX512-BF16); elsewhere bf16 is emulated, slower than fp32."""
+    checks = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")  # torch.cpu's capability probes (private names)
+    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, device: str | torch.device | None,
+                  hidden_size: int | None = None) -> torch.dtype:
+    """Names → torch dtypes; ``None``/"auto" → the faster dtype for a model of ``hidden_size`` on ``device``.
+
+    That is bf16 on CUDA. On a CPU it is bf16 only where bf16 is measured faster: the CPU multiplies bf16 in
+    hardware (AMX or AVX512-BF16) and the model is known to be at least :data:`CPU_BF16_MIN_HIDDEN` wide;
+    otherwise fp32 (tiny models and CPUs that emulate bf16 run slower in it).
+    """
     if isinstance(dtype, torch.dtype):
         return dtype
     if dtype is None or str(dtype).lower() == "auto":
-        return torch.bfloat16 if torch.device(device or "cpu").type == "cuda" else torch.float32
+        if torch.device(device or "cpu").type == "cuda":
+            return torch.bfloat16
+        wide = hidden_size is not None and hidden_size >= CPU_BF16_MIN_HIDDEN
+        return torch.bfloat16 if wide and cpu_has_bf16() else torch.float32
     name = str(dtype).removeprefix("torch.").lower()
     if name not in _NAMES:
         raise ValueError(f"unknown dtype {dtype!r}; use auto or one of {sorted(_NAMES)}")

@@ -31,6 +31,7 @@ from .images import captioned_grid, save_png, to_pil
 from .loading import Policy, check_model_folder, load_policy
 from .records import read_records, write_jsonl
 from .rendering import render
+from .sampler import ROLLOUT_BACKENDS
 from .tiny import build_tiny_policy
 from .vocab import CONFIG_KEY
 
@@ -54,7 +55,9 @@ def add_policy_arguments(p: argparse.ArgumentParser, model_required: bool = Fals
     p.add_argument("--prompt_prefix", default=None, help="text before every caption (default: the policy's)")
     p.add_argument("--uncond_prompt", default=None, help="negative prompt text (default: the caption-dropped template)")
     p.add_argument("--device", default=None, help="default: cuda when available, else cpu")
-    p.add_argument("--dtype", default="auto", help="auto (bf16 on CUDA, fp32 on CPU), bfloat16, float16, float32")
+    p.add_argument("--dtype", default="auto",
+                   help="auto (bf16 on CUDA, and on CPUs with bf16 hardware for models of hidden size >= 256; "
+                   "else fp32), bfloat16, float16, float32")
 
 
 def add_sampling_arguments(p: argparse.ArgumentParser, num_images: int = 1) -> None:
@@ -66,6 +69,9 @@ def add_sampling_arguments(p: argparse.ArgumentParser, num_images: int = 1) -> N
     p.add_argument("--top_p", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0, help="seed of the first image; image k of the run uses seed + k")
     p.add_argument("--batch_size", type=int, default=8, help="images sampled together")
+    p.add_argument("--backend", default="auto", choices=ROLLOUT_BACKENDS,
+                   help="rollout backend: eager loop, compiled (static KV cache + torch.compile'd decode step; "
+                   "compiles once, tens of seconds), auto (compiled on CUDA, eager on CPU); the images are the same")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -106,6 +112,7 @@ class Setup:
     grid: tuple[int, int]
     config: SamplingConfig
     uncond_text: str
+    backend: str = "eager"
 
     def settings(self) -> dict:
         """Everything besides caption and seed that decides an image, for the records written next to it."""
@@ -122,6 +129,7 @@ class Setup:
         return render(
             self.policy, self.codec, [captions[i] for i, _, _ in jobs], [seed for _, _, seed in jobs], self.config,
             uncond_ids=self.policy.encode_text(self.uncond_text), grid=self.grid, batch_size=batch_size,
+            backend=self.backend,
         )
 
 
@@ -149,7 +157,7 @@ def codec_choice(args: argparse.Namespace, recorded: dict | None) -> dict:
 def build_setup(args: argparse.Namespace, log) -> Setup:
     """Load (or build) the policy and the codec, and check that they fit together."""
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    dtype = resolve_dtype(args.dtype, device)
+    resolve_dtype(args.dtype, device)  # an unknown name is reported before anything loads
     if args.model is not None:
         check_model_folder(args.model)  # a missing checkpoint is reported before anything loads
     default_cfg = TINY_CFG_SCALE if args.model is None else SIMPLEAR_CFG_SCALE
@@ -166,12 +174,12 @@ def build_setup(args: argparse.Namespace, log) -> Setup:
             raise ValueError(f"the tiny default policy only works with the palette codec, not {args.codec!r}")
         codec = build_recorded_codec(codec_choice(args, codec_record(PaletteCodec())))
         policy = build_tiny_policy()
-        policy.model.to(device=device, dtype=dtype)
+        policy.model.to(device=device, dtype=resolve_dtype(args.dtype, device, policy.model.config.hidden_size))
     else:
         codec_dtype = None if args.dtype == "auto" else args.dtype
         choice = codec_choice(args, recorded_codec(args.model))
         codec = build_recorded_codec(choice, path=args.codec_path, device=device, dtype=codec_dtype)
-        policy = load_policy(args.model, dtype=dtype, device=device)
+        policy = load_policy(args.model, dtype=args.dtype, device=device)
     vocab = policy.vocab
     if args.prompt_prefix is not None:
         vocab = vocab.replace(prompt_prefix=args.prompt_prefix)
@@ -182,7 +190,7 @@ def build_setup(args: argparse.Namespace, log) -> Setup:
         uncond_text = vocab.format_uncond()
     else:  # a negative prompt takes the caption's place in the cond template, without the prefix
         uncond_text = vocab.replace(prompt_prefix="").format_cond(args.uncond_prompt)
-    return Setup(policy, codec, grid, config, uncond_text)
+    return Setup(policy, codec, grid, config, uncond_text, args.backend)
 
 
 def generate(args: argparse.Namespace, captions: list[str], setup: Setup, out: Path) -> list[dict]:

@@ -59,18 +59,24 @@ def _check_rows(rows: int, vocab: VisualVocab) -> None:
         )
 
 
+def visual_head_rows(model: nn.Module, vocab: VisualVocab) -> tuple[nn.Parameter, nn.Parameter | None, slice]:
+    """``(weight[V, H], bias[V] | None, rows)``: the head's own parameters and the slice of their visual rows.
+
+    Compiled code takes the parameters themselves (which it treats as static inputs) and slices them inside.
+    """
+    head = _output_head(model)
+    _check_rows(head.weight.size(0), vocab)
+    return head.weight, getattr(head, "bias", None), slice(vocab.offset, vocab.vocab_size)
+
+
 def visual_head(model: nn.Module, vocab: VisualVocab) -> tuple[torch.Tensor, torch.Tensor | None]:
     """``(weight[K, H], bias[K] | None)``: views of the head rows of the visual codes.
 
     Reads the weight directly: use it where the weights are whole (sampling, which runs inside
     TRL's ZeRO-3 gather). Differentiable scoring uses :class:`VisualHead`.
     """
-    head = _output_head(model)
-    weight = head.weight
-    _check_rows(weight.size(0), vocab)
-    start, end = vocab.offset, vocab.vocab_size
-    bias = head.bias[start:end] if getattr(head, "bias", None) is not None else None
-    return weight[start:end], bias
+    weight, bias, rows = visual_head_rows(model, vocab)
+    return weight[rows], bias[rows] if bias is not None else None
 
 
 class VisualHead:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -82,6 +83,14 @@ def check_model_folder(path: str | Path, what: str = "policy checkpoint") -> Pat
     return folder
 
 
+def checkpoint_hidden_size(folder: Path) -> int | None:
+    """The hidden size ``config.json`` records, read without loading the model (None when it records none)."""
+    try:
+        return json.loads((folder / "config.json").read_text(encoding="utf-8")).get("hidden_size")
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
 def load_tokenizer(folder: Path) -> PreTrainedTokenizerBase:
     """The tokenizer exactly as saved in ``folder``.
 
@@ -136,11 +145,12 @@ def load_policy(
     """Load a SimpleAR-style checkpoint folder (HF ``qwen2`` causal LM + tokenizer) from disk.
 
     The checkpoint's text-chat ``generation_config`` (repetition penalty, top-k 20, ...) is
-    replaced by a neutral one: image sampling never inherits it.
+    replaced by a neutral one: image sampling never inherits it. ``dtype`` None/"auto" picks the faster
+    dtype for the model's size on ``device`` (:func:`policies.dtypes.resolve_dtype`).
     """
     folder = check_model_folder(path)
     device = torch.device(device or "cpu")
-    torch_dtype = resolve_dtype(dtype, device)
+    torch_dtype = resolve_dtype(dtype, device, checkpoint_hidden_size(folder))
     tokenizer = load_tokenizer(folder)
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch_dtype).to(device)
     model.eval()

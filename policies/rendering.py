@@ -23,11 +23,12 @@ def render(
     grid: tuple[int, int] | None = None,
     batch_size: int = 8,
     desc: str | None = "images",
+    backend: str = "eager",
 ) -> torch.Tensor:
     """Sample one image per ``(caption, seed)`` pair in batches; returns ``[N,3,H,W]`` in ``[0,1]`` on CPU.
 
-    Each image depends only on its caption and seed, never on the batch it was drawn in.
-    ``uncond_ids`` defaults to the policy's unconditional template.
+    Each image depends only on its caption and seed, never on the batch it was drawn in (nor on the
+    rollout ``backend``). ``uncond_ids`` defaults to the policy's unconditional template.
     """
     if len(captions) != len(seeds):
         raise ValueError(f"{len(captions)} captions but {len(seeds)} seeds: one seed per image")
@@ -40,7 +41,8 @@ def render(
             batch = slice(start, start + batch_size)
             rollout = sample_images(
                 policy.model, policy.vocab, policy.encode_prompts(captions[batch]), uncond_ids, config,
-                seeds=seeds[batch], pad_id=policy.pad_id, grid=grid,
+                seeds=seeds[batch], pad_id=policy.pad_id, grid=grid, backend=backend,
+                min_bucket=min(batch_size, len(captions)),
             )
             images.append(to_unit(codec.decode(rollout.codes)).cpu())
             bar.update(len(rollout.codes))

@@ -4,6 +4,10 @@ Cond and uncond rows run in ONE batched forward per step sharing one KV cache; l
 only over the visual rows of the head; guidance is applied on log-softmaxes before temperature,
 top-k and top-p; every row draws from its own seeded stream, so a row's sample does not depend on
 which other rows share the batch.
+
+Two backends return the same samples: ``eager`` (this module: the readable reference loop over a
+growing cache) and ``compiled`` (:mod:`policies.static_sampler`: a static KV cache and one compiled
+fixed-shape decode step). Both draw each token with :func:`draw`.
 """
 
 from __future__ import annotations
@@ -24,6 +28,9 @@ from .guidance import (
 from .heads import decoder_of, position_ids_from_mask, visual_head, visual_logits
 from .vocab import VisualVocab
 
+#: Rollout backends by name; ``auto`` is ``compiled`` on CUDA and ``eager`` elsewhere (see README, Performance).
+ROLLOUT_BACKENDS = ("eager", "compiled", "auto")
+
 
 @dataclass
 class Rollout:
@@ -35,11 +42,12 @@ class Rollout:
     entropy: torch.Tensor  #: float32 ``[N, h*w]`` entropy of the sampled distribution at each step
 
 
-def left_pad(rows: list[list[int]], pad_id: int, device: torch.device | str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Left-pad token lists into ``(input_ids, attention_mask)``."""
+def left_pad(rows: list[list[int]], pad_id: int, device: torch.device | str | None = None,
+             width: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-pad token lists into ``(input_ids, attention_mask)`` of ``width`` columns (default: the longest row)."""
     if not rows or any(len(r) == 0 for r in rows):
         raise ValueError("every prompt must have at least one token")
-    width = max(len(r) for r in rows)
+    width = width or max(len(r) for r in rows)
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
     for i, r in enumerate(rows):
@@ -54,6 +62,38 @@ def row_uniforms(seeds: list[int], steps: int, device: torch.device | str | None
     return torch.stack(rows).to(device=device, dtype=torch.float32)
 
 
+def resolve_backend(backend: str, device: torch.device | str) -> str:
+    """``eager`` or ``compiled`` for a backend name; ``auto`` is ``compiled`` on CUDA and ``eager`` elsewhere."""
+    if backend not in ROLLOUT_BACKENDS:
+        raise ValueError(f"unknown rollout backend {backend!r}; use one of {', '.join(ROLLOUT_BACKENDS)}")
+    if backend == "auto":
+        # On CPU the compiled step is faster per token only for small models and its compilation (tens of
+        # seconds) outweighs the gain for a typical run; measured in bench/RESULTS.md.
+        return "compiled" if torch.device(device).type == "cuda" else "eager"
+    return backend
+
+
+def draw(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    n: int,
+    config: SamplingConfig,
+    uniforms: torch.Tensor,
+    fp32_head: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One token for ``n`` images: ``(code, logprob, entropy)``, each ``[n]``.
+
+    ``hidden`` holds the final hidden states of the ``n`` cond rows, then (with CFG) the ``n`` uncond
+    rows; ``uniforms`` holds one pre-drawn uniform per image.
+    """
+    logits = visual_logits(hidden, weight, bias, fp32=fp32_head)
+    cond, uncond = (logits[:n], logits[n:]) if config.uses_cfg else (logits, None)
+    lp = sampling_logprobs(cond, uncond, config)
+    code = sample_from_logprobs(lp, uniforms)
+    return code, lp.gather(-1, code[:, None]).squeeze(-1), entropy_from_logprobs(lp)
+
+
 @torch.no_grad()
 def sample_images(
     model: nn.Module,
@@ -66,6 +106,8 @@ def sample_images(
     grid: tuple[int, int] | None = None,
     progress: bool = False,
     fp32_head: bool = False,
+    backend: str = "eager",
+    min_bucket: int = 1,
 ) -> Rollout:
     """Sample one image per prompt row (repeat a prompt G times for G samples).
 
@@ -78,6 +120,10 @@ def sample_images(
         grid: ``(h, w)`` to sample; defaults to ``vocab.grid``.
         fp32_head: compute the visual head in float32 even under bf16 weights or autocast (the
             float32 copy of its rows is made once per call).
+        backend: ``eager``, ``compiled`` or ``auto`` (see :func:`resolve_backend`); both return the
+            same codes and log-probs for the same seeds.
+        min_bucket: compiled backend only: pad the batch to at least this many images, so that a
+            last, smaller batch reuses the graph compiled for full ones.
     """
     n = len(prompt_ids)
     if len(seeds) != n:
@@ -86,14 +132,18 @@ def sample_images(
     if use_cfg and not uncond_ids:
         raise ValueError(f"cfg_scale={config.cfg_scale} needs the unconditional prompt ids (uncond_ids)")
     h, w = grid or vocab.grid
-    steps = h * w
+    rows = list(prompt_ids) + ([list(uncond_ids)] * n if use_cfg else [])
     weight, bias = visual_head(model, vocab)
+    if resolve_backend(backend, weight.device) == "compiled":
+        from .static_sampler import sample_compiled  # it builds on this module's helpers
+
+        return sample_compiled(model, vocab, rows, config, seeds, pad_id, (h, w), progress, fp32_head, min_bucket)
+    steps = h * w
     if fp32_head:
         weight, bias = weight.float(), bias.float() if bias is not None else None
     decoder = decoder_of(model)
     device = weight.device
 
-    rows = list(prompt_ids) + ([list(uncond_ids)] * n if use_cfg else [])
     input_ids, mask = left_pad(rows, pad_id, device)
     positions = position_ids_from_mask(mask)
     uniforms = row_uniforms(seeds, steps, device)
@@ -108,13 +158,8 @@ def sample_images(
     ).last_hidden_state[:, -1]
     next_pos = positions[:, -1:] + 1
     for t in tqdm(range(steps), desc="sampling tokens", disable=not progress, leave=False):
-        logits = visual_logits(hidden, weight, bias, fp32=fp32_head)
-        cond, uncond = (logits[:n], logits[n:]) if use_cfg else (logits, None)
-        lp = sampling_logprobs(cond, uncond, config)
-        code = sample_from_logprobs(lp, uniforms[:, t])
+        code, logprobs[:, t], entropy[:, t] = draw(hidden, weight, bias, n, config, uniforms[:, t], fp32_head)
         codes[:, t] = code
-        logprobs[:, t] = lp.gather(-1, code[:, None]).squeeze(-1)
-        entropy[:, t] = entropy_from_logprobs(lp)
         if t == steps - 1:
             break
         token = (code + vocab.offset)[:, None]

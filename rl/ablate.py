@@ -38,6 +38,7 @@ class EvalSpec:
     cfg_scale: float = 3.0
     seed: int = 1234
     batch_size: int = 32
+    backend: str = "auto"  # rollout backend: eager | compiled | auto
     codec: str | None = None  # default: the codec each checkpoint records
     codec_path: str | None = None
 
@@ -148,7 +149,7 @@ def evaluate_variants(spec: AblationSpec) -> dict[str, dict[str, dict]]:
         results[name] = evaluate_prompt_lengths(
             Path(spec.out) / name, e.prompts, e.rewards, Path(spec.out) / "eval" / name, e.prompt_lengths,
             codec=e.codec, codec_path=e.codec_path, cfg_scale=e.cfg_scale, num_images=e.num_images, seed=e.seed,
-            batch_size=e.batch_size,
+            batch_size=e.batch_size, backend=e.backend,
         )
     return results
 

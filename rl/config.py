@@ -15,6 +15,7 @@ import yaml
 from trl import GRPOConfig
 
 from policies.guidance import SamplingConfig
+from policies.sampler import ROLLOUT_BACKENDS
 from pretrain_sft.checkpoints import OVERWRITE_HELP
 from pretrain_sft.config import check_bf16_device
 
@@ -104,6 +105,15 @@ class ImageGRPOConfig(GRPOConfig):
             "help": "Compute dtype of rollouts: bfloat16 samples under bf16 autocast over the (fp32) weights, float32 "
             "in fp32; auto: bfloat16 when training with bf16: true, else float32.",
             "choices": list(ROLLOUT_PRECISIONS),
+        },
+    )
+    rollout_backend: str = field(
+        default="auto",
+        metadata={
+            "help": "Rollout sampler: eager (the reference loop), compiled (static KV cache + a torch.compile'd "
+            "decode step, a CUDA graph on GPU; the same samples and log-probs, compiled once per batch size and grid, "
+            "logged as rollout/compiles and rollout/compile_seconds) or auto (compiled on CUDA, eager on CPU).",
+            "choices": list(ROLLOUT_BACKENDS),
         },
     )
     fp32_visual_head: bool = field(
@@ -290,6 +300,8 @@ def refuse_unworkable(args: ImageGRPOConfig) -> None:
         raise ValueError("min_p is not supported by the image sampler; use top_k / top_p")
     if args.logprob_mode not in ("guided", "conditional"):
         raise ValueError(f"logprob_mode must be guided or conditional after resolution, got {args.logprob_mode!r}")
+    if args.rollout_backend not in ROLLOUT_BACKENDS:
+        raise ValueError(f"rollout_backend must be one of {', '.join(ROLLOUT_BACKENDS)}, got {args.rollout_backend!r}")
     if args.logprob_chunk_size < 1:
         raise ValueError(f"logprob_chunk_size must be >= 1, got {args.logprob_chunk_size}")
     if args.reward_weights is not None and args.rewards:

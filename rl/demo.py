@@ -60,6 +60,7 @@ class DemoConfig:
     eval_cfg_scale: float = 3.0
     eval_seed: int = 1234
     eval_batch_size: int = 64
+    eval_backend: str = field(default="auto", metadata={"help": "rollout backend of the evaluations: eager | compiled | auto"})
     quick: bool = field(default=False, metadata={"help": "a few steps per stage (a smoke run of the pipeline)"})
     fresh: bool = field(default=False, metadata={"help": "delete earlier outputs under `out` and redo every stage"})
 
@@ -141,7 +142,7 @@ def evaluate_checkpoint(p: Pipeline, model: Path, label: str) -> dict[str, dict]
     summaries = evaluate_prompt_lengths(
         model, p.out / "data" / "eval_prompts.jsonl", c.eval_rewards, p.out / "eval" / label, PROMPT_LENGTHS,
         cfg_scale=c.eval_cfg_scale, num_images=1 if c.quick else c.eval_num_images, seed=c.eval_seed,
-        batch_size=c.eval_batch_size,
+        batch_size=c.eval_batch_size, backend=c.eval_backend,
     )
     p.timings[f"eval {label}"] = time.perf_counter() - start
     print(f"[demo] {label}: held-out accuracy " + ", ".join(

@@ -149,17 +149,18 @@ def evaluate_prompt_lengths(
     num_images: int = 4,
     seed: int = 0,
     batch_size: int = 32,
+    backend: str = "auto",
 ) -> dict[str, dict]:
     """Reward summaries of a checkpoint on each caption length of a prompt set; each written to ``out/<length>``.
 
-    ``codec`` defaults to the one the checkpoint records.
+    ``codec`` defaults to the one the checkpoint records; ``backend`` is ``simplear-rl eval``'s ``--backend``.
     """
     from rewards import build_rewards
 
     parser = argparse.ArgumentParser()
     add_policy_arguments(parser, model_required=True)
     add_sampling_arguments(parser)  # every other flag keeps the command line's default
-    args = parser.parse_args(["--model", str(model), "--cfg_scale", str(cfg_scale)])
+    args = parser.parse_args(["--model", str(model), "--cfg_scale", str(cfg_scale), "--backend", backend])
     args.codec, args.codec_path = codec, codec_path
     setup = build_setup(args, log=lambda message: print(f"simplear-rl eval: {message}", file=sys.stderr))
     suite = build_rewards([{"name": name} for name in reward_names])

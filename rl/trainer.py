@@ -32,6 +32,7 @@ from policies.codecs import VisualCodec, check_codec_matches, codec_record
 from policies.images import captioned_grid, save_png, to_unit
 from policies.loading import Policy
 from policies.sampler import sample_images
+from policies.static_sampler import COMPILE_STATS
 from policies.scoring import guided_token_logprobs
 
 from .callbacks import MetricsFileCallback, RewardCurveCallback, RewardProgressCallback
@@ -169,15 +170,19 @@ class ImageGRPOTrainer(GRPOTrainer):
             torch.no_grad(),
             self._dist.summon_full_params(self.model_wrapped, recurse=False),
         ):
-            with self._rollout_autocast():  # one region: autocast casts each weight to bf16 once per rollout
+            # One region: the eager backend casts each weight to bf16 once per rollout (a compiled step in its graph).
+            with self._rollout_autocast():
                 rollout = sample_images(
                     unwrapped, self.vocab, prompt_ids, self._uncond_ids, self.rollout_sampling, seeds,
-                    pad_id=self._pad_id, fp32_head=self.args.fp32_visual_head,
+                    pad_id=self._pad_id, fp32_head=self.args.fp32_visual_head, backend=self.args.rollout_backend,
                 )
             images = to_unit(self.codec.decode(rollout.codes))
         device = self.accelerator.device
         metrics = self._metrics[mode]
         metrics["rollout/seconds"].append(time.perf_counter() - start)
+        # Process totals of the compiled backend: flat after the first step when every rollout reuses one graph.
+        metrics["rollout/compiles"].append(float(COMPILE_STATS.compiles))
+        metrics["rollout/compile_seconds"].append(COMPILE_STATS.seconds)
         metrics["entropy/visual_sampler"].append(self.accelerator.gather(rollout.entropy.mean().to(device)).mean().item())
         tokens = torch.tensor(sum(len(p) for p in prompt_ids) + rollout.token_ids.numel(), device=device)
         if mode == "train":

@@ -15,6 +15,7 @@ from transformers import (
     Qwen2ForCausalLM,
 )
 
+from policies import dtypes
 from policies.dtypes import resolve_dtype
 from policies.guidance import SamplingConfig
 from policies.loading import extend_llm, load_policy
@@ -238,3 +239,14 @@ def test_unknown_dtype_is_refused():
         resolve_dtype("float8", "cpu")
     assert resolve_dtype(None, "cpu") == torch.float32
     assert resolve_dtype("auto", "cuda") == torch.bfloat16
+
+
+@pytest.mark.parametrize("hardware", [True, False])
+def test_auto_dtype_on_cpu_is_bf16_only_with_bf16_hardware_and_a_model_wide_enough(monkeypatch, hardware):
+    monkeypatch.setattr(dtypes, "cpu_has_bf16", lambda: hardware)
+    wide = torch.bfloat16 if hardware else torch.float32
+    assert resolve_dtype("auto", "cpu", hidden_size=896) == wide
+    assert resolve_dtype(None, "cpu", hidden_size=dtypes.CPU_BF16_MIN_HIDDEN) == wide
+    assert resolve_dtype("auto", "cpu", hidden_size=128) == torch.float32  # tiny models run slower in bf16
+    assert resolve_dtype("auto", "cpu") == torch.float32  # size unknown
+    assert resolve_dtype("float32", "cpu", hidden_size=896) == torch.float32

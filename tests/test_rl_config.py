@@ -46,6 +46,13 @@ def test_logprob_mode_auto_is_guided_with_cfg_and_conditional_without(tmp_path):
         make(tmp_path, logprob_mode="exact")
 
 
+def test_rollout_backend_is_auto_by_default_and_an_unknown_one_is_refused_naming_the_choices(tmp_path):
+    assert make(tmp_path).rollout_backend == "auto"
+    assert make(tmp_path, rollout_backend="compiled").rollout_backend == "compiled"
+    with pytest.raises(ValueError, match="rollout_backend must be one of eager, compiled, auto, got 'fast'"):
+        make(tmp_path, rollout_backend="fast")
+
+
 def test_dropout_is_disabled_by_default_so_rollout_and_training_score_one_policy(tmp_path):
     assert make(tmp_path).disable_dropout is True
 

@@ -74,6 +74,15 @@ def test_lora_trains_an_adapter_with_the_disabled_adapter_as_reference(tmp_path)
     assert records[-1]["kl"] > 0
 
 
+def test_compiled_rollouts_give_the_trainer_the_log_probs_it_computes_from_one_compiled_graph(tmp_path):
+    records = run_tiny(tmp_path, "--max_steps", "2", "--rollout_backend", "compiled", "--sample_every", "0",
+                       "--save_steps", "1000")
+    assert max(r["sampling/logprob_gap/max"] for r in records) < 1e-4
+    first, second = records
+    assert first["rollout/compiles"] >= 1 and first["rollout/compile_seconds"] > 0
+    assert second["rollout/compiles"] == first["rollout/compiles"], "the second GRPO step compiled the decode step again"
+
+
 def test_guided_mode_applies_the_samplers_top_k_and_top_p_truncation_too(tmp_path):
     records = run_tiny(tmp_path, "--max_steps", "1", "--top_k", "16", "--top_p", "0.8", "--sample_every", "0")
     assert records[0]["sampling/logprob_gap/max"] < 1e-4
