@@ -1,7 +1,8 @@
 """One-shot GPU check of the rollout engine and of one GRPO step; JSON + Markdown in one folder.
 
-Real size (the default, CUDA; under 8 minutes on an H100/H200-class GPU): Qwen2.5-0.5B dimensions
-with the 215,672-row vocabulary, random weights, bf16, a 64x64 grid (a 1024² image), CFG 6.
+Real size (the default, CUDA; sized for the device tool's 10-minute call, not yet run on a GPU):
+Qwen2.5-0.5B dimensions with the 215,672-row vocabulary, random weights, bf16, a 64x64 grid (a 1024²
+image), CFG 6.
 
 1. Rollouts: seconds per image at batch 1 and images/s at batch 8, 32 and 64 for the eager and the
    compiled backends and transformers ``generate()``, with the compiled backend's compile seconds and
@@ -13,6 +14,11 @@ with the 215,672-row vocabulary, random weights, bf16, a 64x64 grid (a 1024² im
    rollout, reward, scoring (log-prob forwards) and backward seconds, and peak memory. Nothing is
    downloaded, so a 64,000-colour palette codec stands in for Cosmos and the verifiable
    ``color_region`` reward for CLIP (their seconds are not the real ones).
+3. The same GRPO step launched under FSDP2 and DeepSpeed ZeRO-3 (``--engines``, default both on CUDA):
+   ``accelerate launch`` with ``recipes/accelerate/{fsdp,zero3}.yaml`` on one GPU (ZeRO-3 needs the
+   ``[deepspeed]`` extra), recording whether it ran, its seconds, reward and gradient norm. On CPU
+   (``--engines`` given explicitly) each runs on 2 processes through the tests' CPU launcher
+   (``tests/distributed/launch_on_cpu.py``, which is what lets accelerate apply FSDP2 to CPU processes).
 
     bench/gpu_check.sh                                    # CUDA, real size -> bench/gpu_check/
     bench/gpu_check.sh --device cpu --size tiny --out DIR # the same path on the tiny demo policy (smoke test)
@@ -22,6 +28,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import socket
+import subprocess
 import sys
 import time
 from collections import defaultdict
@@ -129,19 +138,64 @@ class Timers:
         setattr(owner, name, timed)
 
 
+def grpo_argv(size: str, folder: Path, output_dir: Path, backend: str) -> list[str]:
+    """One GRPO step of the size's recipe on the random policy ``folder`` (palette codec, verifiable reward)."""
+    argv = [
+        "--config", str(REPO / PRESETS[size]["recipe"]), "--model_name_or_path", str(folder),
+        "--train_prompts", str(REPO / "recipes" / "tiny" / "prompts.jsonl"), "--output_dir", str(output_dir),
+        "--codec", "palette", "--rewards", "color_region", "--rollout_backend", backend, "--max_steps", "1",
+        "--num_generations", "4", "--report_to", "none", "--save_steps", "1000", "--sample_every", "0",
+    ]
+    if size == "0.5b":
+        argv += ["--codec_levels", "40", "--codec_patch", "16", "--resolution", "1024"]  # 40³ = 64,000 codes
+    return argv
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def sharded_step(engine: str, size: str, device: torch.device, out: Path) -> dict:
+    """The GRPO step of :func:`grpo_step` under ``accelerate launch`` with ``recipes/accelerate/<engine>.yaml``."""
+    folder = out / "policy" if (out / "policy").exists() else random_policy_folder(size, out)
+    run = out / f"grpo_{engine}"
+    argv = grpo_argv(size, folder, run, "auto")  # auto: the eager backend, which is what sharded weights need
+    launch = [str(Path(sys.executable).parent / "accelerate"), "launch", "--config_file",
+              str(REPO / "recipes" / "accelerate" / f"{engine}.yaml"), "--num_machines", "1",
+              "--main_process_port", str(_free_port())]
+    env = {k: v for k, v in os.environ.items() if k not in ("ACCELERATE_USE_CPU", "DS_ACCELERATOR")}
+    if device.type == "cuda":
+        launch += ["--num_processes", "1", "-m", "rl.grpo"]
+    else:  # the smoke path: 2 CPU processes, as tests/engine_helpers.py starts them
+        launch += ["--num_processes", "2", "--mixed_precision", "no",
+                   str(REPO / "tests" / "distributed" / "launch_on_cpu.py"), "rl.grpo"]
+        argv += ["--bf16", "false"]
+        if engine.startswith("zero"):
+            env["DS_ACCELERATOR"] = "cpu"
+            argv += ["--ddp_backend", "gloo", "--use_cpu", "false"]
+        else:
+            env["ACCELERATE_USE_CPU"] = "true"
+    log(f"GRPO step under {engine}")
+    start = time.perf_counter()
+    with open(out / f"grpo_{engine}.log", "w") as f:
+        code = subprocess.run([*launch, *argv], cwd=REPO, env=env, stdout=f, stderr=subprocess.STDOUT).returncode
+    result = {"engine": engine, "returncode": code, "seconds": time.perf_counter() - start}
+    metrics = run / "metrics.jsonl"
+    if code == 0 and metrics.exists():
+        row = json.loads(metrics.read_text().splitlines()[0])
+        result.update(reward=row.get("reward"), grad_norm=row.get("grad_norm"), step_time=row.get("step_time"))
+    log(f"GRPO step under {engine}: {json.dumps(result)}")
+    return result
+
+
 def grpo_step(size: str, device: torch.device, out: Path) -> dict:
     """One optimizer step of the size's GRPO recipe on random weights; seconds per phase and peak memory."""
     from rl.grpo import build_parser, build_trainer
 
     folder = random_policy_folder(size, out)
-    argv = [
-        "--config", str(REPO / PRESETS[size]["recipe"]), "--model_name_or_path", str(folder),
-        "--train_prompts", str(REPO / "recipes" / "tiny" / "prompts.jsonl"), "--output_dir", str(out / "grpo"),
-        "--codec", "palette", "--rewards", "color_region", "--rollout_backend", "compiled", "--max_steps", "1",
-        "--num_generations", "4", "--report_to", "none", "--save_steps", "1000", "--sample_every", "0",
-    ]
-    if size == "0.5b":
-        argv += ["--codec_levels", "40", "--codec_patch", "16", "--resolution", "1024"]  # 40³ = 64,000 codes
+    argv = grpo_argv(size, folder, out / "grpo", "compiled")
     if device.type == "cpu":
         argv += ["--use_cpu", "true", "--bf16", "false"]
     script, args, model_args = build_parser().parse_args_and_config(argv)
@@ -196,6 +250,15 @@ def markdown(report: dict) -> str:
         lines += ["", "## One GRPO step", "", "| " + " | ".join(report["grpo_step"]) + " |",
                   "|" + " --- |" * len(report["grpo_step"]),
                   "| " + " | ".join(f"{v:.3g}" if isinstance(v, float) else str(v) for v in report["grpo_step"].values()) + " |"]
+    if report.get("sharded_steps"):
+        lines += ["", "## One GRPO step under sharded engines (accelerate launch)", "",
+                  "| engine | exit code | seconds (with start-up) | step s | reward | grad norm |",
+                  "| --- | ---: | ---: | ---: | ---: | ---: |"]
+        for r in report["sharded_steps"]:
+            cells = [f"{r.get(k):.3g}" if isinstance(r.get(k), float) else "–" for k in ("step_time", "reward", "grad_norm")]
+            lines.append(f"| {r['engine']} | {r['returncode']} | {r['seconds']:.0f} | " + " | ".join(cells) + " |")
+        lines.append("")
+        lines.append("A non-zero exit code: see grpo_<engine>.log in this folder.")
     return "\n".join(lines) + "\n"
 
 
@@ -211,6 +274,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--size", choices=sorted(PRESETS), default="0.5b")
     p.add_argument("--out", default=str(REPO / "bench" / "gpu_check"), help="folder for results.json and results.md")
     p.add_argument("--skip_grpo", action="store_true", help="rollouts only")
+    p.add_argument("--skip_rollouts", action="store_true", help="no rollout benchmark (GRPO steps only)")
+    p.add_argument("--engines", default=None,
+                   help="comma-separated accelerate configs to run one GRPO step under (fsdp, zero3, zero2, ddp); "
+                        "default fsdp,zero3 on CUDA, none on CPU")
     args = p.parse_args(argv)
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -220,13 +287,18 @@ def main(argv: list[str] | None = None) -> int:
     env = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu", "size": args.size,
            "dtype": str(PRESETS[args.size]["dtype"]).removeprefix("torch."), "cfg_scale": CFG_SCALE,
            "torch": torch.__version__}
-    report = {"env": env, "rollouts": [], "goals": {}, "grpo_step": None}
+    engines = args.engines if args.engines is not None else ("fsdp,zero3" if device.type == "cuda" else "")
+    report = {"env": env, "rollouts": [], "goals": {}, "grpo_step": None, "sharded_steps": []}
     start = time.perf_counter()
-    report["rollouts"] = rollouts(args.size, device)
-    report["goals"] = goals(report["rollouts"])
-    write(report, out)
+    if not args.skip_rollouts:
+        report["rollouts"] = rollouts(args.size, device)
+        report["goals"] = goals(report["rollouts"])
+        write(report, out)
     if not args.skip_grpo:
         report["grpo_step"] = grpo_step(args.size, device, out)
+        write(report, out)
+    for engine in filter(None, engines.split(",")):
+        report["sharded_steps"].append(sharded_step(engine, args.size, device, out))
     env["total_seconds"] = time.perf_counter() - start
     write(report, out)
     log(f"wrote {out / 'results.json'} and {out / 'results.md'} in {env['total_seconds']:.0f} s")

@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
-# One-shot GPU check (under 8 minutes on an H100/H200-class GPU): rollout speed of the eager and compiled
-# backends and generate() at real size, then one GRPO step; writes results.json and results.md to --out.
+# One-shot GPU check: rollout speed of the eager and compiled backends and generate() at real size, one GRPO
+# step, and one GRPO step under FSDP2 and under DeepSpeed ZeRO-3 (accelerate launch, one GPU); writes
+# results.json and results.md to --out. Not yet run on a GPU by this project (the CPU paths are tested).
 #   bench/gpu_check.sh                                      # CUDA, Qwen2.5-0.5B dims, 64x64 -> bench/gpu_check/
+#   bench/gpu_check.sh --skip_rollouts --skip_grpo          # only the FSDP2 / ZeRO-3 steps
 #   bench/gpu_check.sh --device cpu --size tiny --out DIR   # the same path on the tiny demo policy (tested)
+#   bench/gpu_check.sh --device cpu --size tiny --skip_rollouts --engines fsdp,zero3 --out DIR  # 2 CPU processes
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-.venv/bin/python}"

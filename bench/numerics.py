@@ -58,7 +58,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from policies.guidance import SamplingConfig, entropy_from_logprobs, sampling_logprobs  # noqa: E402
-from policies.heads import VisualHead, last_hidden_states  # noqa: E402
+from policies.heads import HeadWeights, head_forward, replaced_head  # noqa: E402
 from policies.sampler import sample_images  # noqa: E402
 from policies.scoring import guided_token_logprobs, map_position_chunks  # noqa: E402
 from policies.tiny import tiny_qwen2_config  # noqa: E402
@@ -344,7 +344,7 @@ def gap_markdown(rows: list[dict]) -> str:
 
 
 class _HeadOnly(nn.Module):
-    """Just a tied-size LM head (215,672 x hidden), so VisualHead slices it as it slices a real policy's."""
+    """Just a tied-size LM head (215,672 x hidden), so HeadWeights slices it as it slices a real policy's."""
 
     def __init__(self, hidden: int, rows: int = TEXT_VOCAB + CODEBOOK):
         super().__init__()
@@ -394,27 +394,30 @@ def head_memory_worker(
     model = _HeadOnly(hidden_size, text_rows + CODEBOOK)
     with torch.no_grad():
         model.lm_head.weight.normal_(0, 0.02)
-    head = VisualHead(model, vocab, fp32=mode == "autocast+fp32head")
+    head = HeadWeights(model, vocab, fp32=mode == "autocast+fp32head")
     use_autocast = mode.startswith("autocast")
 
     def run(length: int, chunk_size: int) -> None:
         # [2B, length + 1, H]: the decoder output; the completion is predicted by positions [-length-1, -1).
         hidden_all = torch.randn(2 * batch, length + 1, hidden_size).requires_grad_()
         codes = torch.randint(0, CODEBOOK, (batch, length))
-        with autocast(use_autocast):
-            hidden = hidden_all[:, -length - 1 : -1]
 
-            def chunk_scores(h_cond, h_uncond, y):
-                cond = head(h_cond)
-                uncond = head(h_uncond)
-                logp = sampling_logprobs(cond, uncond, config)
-                return logp.gather(-1, y.unsqueeze(-1)).squeeze(-1), entropy_from_logprobs(logp)
+        def chunk_scores(h_cond, h_uncond, y):
+            cond = head.visual_logits(h_cond)
+            uncond = head.visual_logits(h_uncond)
+            logp = sampling_logprobs(cond, uncond, config)
+            return logp.gather(-1, y.unsqueeze(-1)).squeeze(-1), entropy_from_logprobs(logp)
 
+        def scores(hidden):
+            hidden = hidden[:, :-1]
             # Entropies are dropped before backward, as TRL does (it logs them with .item() and, with no entropy
             # bonus, leaves them out of the loss). Kept alive, each chunk's recomputed entropy tensors would
             # stay in memory until they die: the peak would grow with the number of chunks.
-            logps = map_position_chunks(chunk_scores, [hidden[:batch], hidden[batch:], codes], chunk_size)[0]
-            logps.sum().backward()
+            return map_position_chunks(chunk_scores, [hidden[:batch], hidden[batch:], codes], chunk_size)[0]
+
+        with autocast(use_autocast), replaced_head(model, scores):  # computed by the head module, as in scoring
+            logps = model.lm_head(hidden_all)
+        logps.sum().backward()
 
     run(2, 1)  # allocates the head's gradient buffer and warms up kernels, at negligible size
     ctypes.CDLL("libc.so.6").malloc_trim(0)
@@ -514,23 +517,26 @@ def count_params(size: str) -> dict:
 def measure_autocast_cache(layers: int | None, init_std: float) -> dict:
     """RSS added by a 5-token forward under bf16 autocast over fp32 weights, measured inside the region.
 
-    Two paths: the sampler's (decoder only) and the scorer's (``last_hidden_states``, which calls the
-    causal LM and so ``lm_head`` on zero positions: that casts the whole tied 215,672-row weight).
+    Two paths, both through the causal LM's own forward (:func:`policies.heads.head_forward`) whose head
+    multiplies only the 64,000 visual rows: the sampler's (last position, ``no_grad``) and the scorer's (every
+    position, grad on). The visual rows are a slice (a view), which autocast casts per call but never caches.
     """
     model = build_model("0.5b", layers, init_std)
+    vocab = VisualVocab(text_vocab_size=TEXT_VOCAB, codebook_size=CODEBOOK, grid=(1, 1))
+    head = HeadWeights(model, vocab)
     ids = torch.tensor([[T2I, 5, 6, 7, SOI]])
     mask = torch.ones_like(ids)
     out: dict = {"layers": model.config.num_hidden_layers}
-    for path in ("sampler (decoder only)", "scorer (last_hidden_states)"):
+    for path in ("sampler (head_forward, no_grad)", "scorer (head_forward, grad)"):
         ctypes.CDLL("libc.so.6").malloc_trim(0)
         base = _rss()
         with autocast(True):
             if path.startswith("sampler"):
                 with torch.no_grad():
-                    model.model(input_ids=ids, attention_mask=mask)
+                    logits = head_forward(model, lambda h: head.visual_logits(h[:, -1]), ids, mask, keep=1)
             else:
-                h = last_hidden_states(model, ids, mask)
-                del h
+                logits = head_forward(model, head.visual_logits, ids, mask)
+            del logits
             ctypes.CDLL("libc.so.6").malloc_trim(0)
             out[path] = _rss() - base
     return out
@@ -538,15 +544,16 @@ def measure_autocast_cache(layers: int | None, init_std: float) -> dict:
 
 def training_memory_markdown(counts: list[dict], cache: dict | None) -> str:
     lines = [
-        "| model | params | fp32 weights | fp32 grads | AdamW m+v (fp32) | sum | bf16 autocast cache (body linears + tied head) | bf16 rollout copy (option B) |",
+        "| model | params | fp32 weights | fp32 grads | AdamW m+v (fp32) | sum | bf16 autocast cache (body linears) | bf16 rollout copy (option B) |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for c in counts:
         p = c["params"]
-        cache_b = 2 * (c["body_linear"] + c["embedding"])
+        # The tied head is never cast whole: its visual rows are a view, which autocast casts per call but never caches.
+        cache_b = 2 * c["body_linear"]
         lines.append(
             f"| {c['size']} | {p / 1e6:.1f} M | {4 * p / GiB:.2f} GiB | {4 * p / GiB:.2f} GiB | {8 * p / GiB:.2f} GiB | "
-            f"{16 * p / GiB:.2f} GiB | {cache_b / GiB:.2f} GiB ({2 * c['body_linear'] / GiB:.2f} + {2 * c['embedding'] / GiB:.2f}) | "
+            f"{16 * p / GiB:.2f} GiB | {cache_b / GiB:.2f} GiB | "
             f"{2 * p / GiB:.2f} GiB |"
         )
     if cache:

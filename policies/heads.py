@@ -2,19 +2,20 @@
 
 The ~151k text rows of the head are never multiplied when sampling or scoring images: only the
 ``codebook_size`` visual rows are. Wrappers (DDP, FSDP, DeepSpeed, PEFT) are peeled for
-read-only access to weights, but differentiable forwards go through the outermost module so that
-distributed wrappers see them.
+read-only access to weights, but forwards go through the outermost module (:func:`head_forward`),
+with the head computing only what is asked for, so that distributed wrappers see them.
 """
 
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .sharding import full_shape
 from .vocab import VisualVocab
 
 
@@ -65,54 +66,61 @@ def visual_head_rows(model: nn.Module, vocab: VisualVocab) -> tuple[nn.Parameter
     Compiled code takes the parameters themselves (which it treats as static inputs) and slices them inside.
     """
     head = _output_head(model)
-    _check_rows(head.weight.size(0), vocab)
+    _check_rows(full_shape(head.weight)[0], vocab)
     return head.weight, getattr(head, "bias", None), slice(vocab.offset, vocab.vocab_size)
 
 
 def visual_head(model: nn.Module, vocab: VisualVocab) -> tuple[torch.Tensor, torch.Tensor | None]:
     """``(weight[K, H], bias[K] | None)``: views of the head rows of the visual codes.
 
-    Reads the weight directly: use it where the weights are whole (sampling, which runs inside
-    TRL's ZeRO-3 gather). Differentiable scoring uses :class:`VisualHead`.
+    Reads the weight directly: use it only where the weights are whole and not sharded (the compiled
+    sampler, benchmarks). Scoring and the eager sampler use :class:`HeadWeights` in :func:`head_forward`.
     """
     weight, bias, rows = visual_head_rows(model, vocab)
     return weight[rows], bias[rows] if bias is not None else None
 
 
-class VisualHead:
-    """Differentiable visual-slice logits computed by CALLING the head module.
+class HeadWeights:
+    """The output head's weights, read at CALL time: use it inside :func:`head_forward`'s ``fn``.
 
-    The head's ``forward`` is swapped for the sliced projection during the call, so the hooks that
-    DeepSpeed ZeRO-3 / FSDP2 attach to the module still gather its (possibly tied) weight for the
-    forward and reduce its gradient in backward, and the ~151k text rows are still never multiplied.
-    With ``fp32`` the projection runs in float32 even inside a bf16 autocast region (see
-    :func:`visual_logits`).
+    There the head module is being called, so the engines that shard weights have gathered them:
+    DeepSpeed ZeRO-3 in the module's forward hooks (and again for backward, before a checkpointed
+    chunk is recomputed), FSDP2 in the root's forward. Reading the weights at call time, never
+    holding them, is what keeps chunked, recomputed scoring correct under both.
+
+    Args:
+        fp32: visual logits in float32 whatever the weights' dtype or autocast (:func:`visual_logits`).
+        frozen: the weights do not change while this object lives (a rollout): a float32 copy of the
+            visual rows is made once instead of per call.
     """
 
-    def __init__(self, model: nn.Module, vocab: VisualVocab, fp32: bool = False):
+    def __init__(self, model: nn.Module, vocab: VisualVocab, fp32: bool = False, frozen: bool = False):
         self.module = _output_head(model)
-        rows = getattr(self.module.weight, "ds_shape", self.module.weight.shape)[0]  # ZeRO-3 keeps the full shape here
-        _check_rows(int(rows), vocab)
-        self.start, self.end = vocab.offset, vocab.vocab_size
+        _check_rows(full_shape(self.module.weight)[0], vocab)
+        self.rows = slice(vocab.offset, vocab.vocab_size)
         self.fp32 = fp32
+        self.frozen = frozen
+        self._fp32_rows: tuple[torch.Tensor, torch.Tensor | None] | None = None
 
-    def _sliced_forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        weight = self.module.weight[self.start : self.end]
-        bias = self.module.bias[self.start : self.end] if getattr(self.module, "bias", None) is not None else None
+    def visual_rows(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(weight[K, H], bias[K] | None)`` as the head holds them now."""
+        if self._fp32_rows is not None:
+            return self._fp32_rows
+        bias = getattr(self.module, "bias", None)
+        rows = self.module.weight[self.rows], bias[self.rows] if bias is not None else None
+        if self.frozen and self.fp32 and rows[0].dtype != torch.float32:
+            self._fp32_rows = rows = (rows[0].float(), rows[1].float() if rows[1] is not None else None)
+        return rows
+
+    def visual_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Logits ``[..., codebook_size]`` (float32) of the visual rows only."""
+        weight, bias = self.visual_rows()
         return visual_logits(hidden, weight, bias, fp32=self.fp32)
 
-    def __call__(self, hidden: torch.Tensor) -> torch.Tensor:
-        """Logits ``[..., codebook_size]`` in float32."""
-        had_own = "forward" in self.module.__dict__
-        previous = self.module.__dict__.get("forward")
-        self.module.forward = self._sliced_forward
-        try:
-            return self.module(hidden).float()
-        finally:
-            if had_own:
-                self.module.forward = previous
-            else:
-                del self.module.forward
+    def full_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Logits over the whole vocabulary (float32): for the few text targets of pretraining."""
+        weight, bias = self.module.weight, getattr(self.module, "bias", None)
+        return F.linear(hidden.to(weight.dtype), weight, bias).float()
 
 
 def visual_logits(
@@ -132,17 +140,23 @@ def visual_logits(
 
 
 @contextmanager
-def _capture_decoder_output(model: nn.Module) -> Iterator[dict]:
-    holder: dict = {}
+def replaced_head(model: nn.Module, fn: Callable[[torch.Tensor], Any]) -> Iterator[nn.Module]:
+    """Inside the block, the output head MODULE computes ``fn(hidden)`` instead of its full projection.
 
-    def hook(_module, _args, output):
-        holder["hidden"] = output.last_hidden_state if hasattr(output, "last_hidden_state") else output[0]
-
-    handle = decoder_of(model).register_forward_hook(hook)
+    Only ``forward`` is swapped: calls still go through the module, so the hooks of DDP, FSDP2 and
+    DeepSpeed ZeRO-3 still gather its (possibly tied) weight and reduce its gradient.
+    """
+    module = _output_head(model)
+    had_own = "forward" in module.__dict__
+    previous = module.__dict__.get("forward")
+    module.forward = fn
     try:
-        yield holder
+        yield module
     finally:
-        handle.remove()
+        if had_own:
+            module.forward = previous
+        else:
+            del module.forward
 
 
 def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -150,25 +164,28 @@ def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.long().cumsum(-1) - 1).clamp_(min=0)
 
 
-def last_hidden_states(
-    model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor | None = None
-) -> torch.Tensor:
-    """Final (post-norm) hidden states ``[B, T, H]`` of a forward through the OUTERMOST module.
+def head_forward(
+    model: nn.Module,
+    fn: Callable[[torch.Tensor], Any],
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    position_ids: torch.Tensor | None = None,
+    keep: int = 0,
+    **kwargs: Any,
+) -> Any:
+    """One forward of the OUTERMOST module whose head computes ``fn(hidden)``; returns what ``fn`` returned.
 
-    The full-vocabulary head is skipped (``logits_to_keep`` selects no position), so this costs a
-    backbone forward only, while DDP/FSDP/DeepSpeed wrappers still see the call.
+    ``hidden`` is the final (post-norm) hidden states of the last ``keep`` positions (0: all),
+    ``[B, keep, H]``. Everything ``fn`` computes happens inside the model's own forward, so DDP,
+    FSDP2 and ZeRO-3 see one forward whose output is ``fn``'s result (no second call of the head after
+    the forward, which FSDP2 cannot reshard correctly in backward). The ~151k text rows of the head are
+    multiplied only if ``fn`` asks for them. ``kwargs`` go to the model (``cache``, ``use_cache``).
     """
     if position_ids is None:
         position_ids = position_ids_from_mask(attention_mask)
-    no_positions = torch.empty(0, dtype=torch.long, device=input_ids.device)
-    with _capture_decoder_output(model) as holder:
-        model(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            logits_to_keep=no_positions,
-            use_cache=False,
+    kwargs.setdefault("use_cache", False)
+    with replaced_head(model, fn):
+        output = model(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, logits_to_keep=keep, **kwargs
         )
-    if "hidden" not in holder:
-        raise RuntimeError("the decoder forward hook did not fire; is this a Hugging Face causal LM?")
-    return holder["hidden"]
+    return output.logits

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,9 +16,9 @@ from transformers import (
     PreTrainedTokenizerBase,
     PreTrainedTokenizerFast,
 )
-from transformers.integrations import is_deepspeed_zero3_enabled
 
 from .dtypes import resolve_dtype
+from .sharding import full_shape, gathered_for_edit
 from .vocab import SIMPLEAR_SPECIAL_TOKENS, VisualVocab, check_model_vocab
 
 logger = logging.getLogger(__name__)
@@ -114,7 +113,7 @@ def recover_vocab(
     Released SimpleAR checkpoints do not record the layout; there the offset is the id after the
     last of the 7 specials (151,672), checked against the model's row count.
     """
-    rows = model.get_input_embeddings().weight.shape[0]
+    rows = full_shape(model.get_input_embeddings().weight)[0]  # not the local shard under ZeRO-3
     stored = VisualVocab.from_config(model.config)
     if stored is not None:
         vocab = stored if grid is None else stored.with_grid(grid)
@@ -160,15 +159,6 @@ def load_policy(
     return Policy(model=model, tokenizer=tokenizer, vocab=vocab)
 
 
-def _gathered(params: list[torch.Tensor]):
-    """Whole parameters for an in-place edit, also when DeepSpeed ZeRO-3 partitions them at load time."""
-    if is_deepspeed_zero3_enabled():
-        import deepspeed
-
-        return deepspeed.zero.GatheredParameters(params, modifier_rank=0)
-    return nullcontext()
-
-
 def extend_vocabulary(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -191,7 +181,7 @@ def extend_vocabulary(
     embed = model.get_input_embeddings().weight
     head = model.get_output_embeddings()
     untied_head = head.weight if not tied and head is not None and head.weight is not embed else None
-    with torch.no_grad(), _gathered([embed] + ([untied_head] if untied_head is not None else [])):
+    with torch.no_grad(), gathered_for_edit([embed] + ([untied_head] if untied_head is not None else [])):
         embed[text_rows:] = embed[:text_rows].mean(dim=0, keepdim=True)
         if untied_head is not None:
             untied_head[text_rows:] = untied_head[:text_rows].mean(dim=0, keepdim=True)

@@ -25,7 +25,8 @@ from .guidance import (
     sample_from_logprobs,
     sampling_logprobs,
 )
-from .heads import decoder_of, position_ids_from_mask, visual_head, visual_logits
+from .heads import HeadWeights, head_forward, position_ids_from_mask, visual_logits
+from .sharding import is_sharded
 from .vocab import VisualVocab
 
 #: Rollout backends by name; ``auto`` is ``compiled`` on CUDA and ``eager`` elsewhere (see README, Performance).
@@ -62,15 +63,40 @@ def row_uniforms(seeds: list[int], steps: int, device: torch.device | str | None
     return torch.stack(rows).to(device=device, dtype=torch.float32)
 
 
-def resolve_backend(backend: str, device: torch.device | str) -> str:
-    """``eager`` or ``compiled`` for a backend name; ``auto`` is ``compiled`` on CUDA and ``eager`` elsewhere."""
+def resolve_backend(backend: str, device: torch.device | str, sharded: bool = False) -> str:
+    """``eager`` or ``compiled`` for a backend name; ``auto`` is ``compiled`` on CUDA and ``eager`` elsewhere.
+
+    Sharded weights (FSDP2, DeepSpeed ZeRO-3) need the eager backend, whose every step is a forward of
+    the root module: ``auto`` picks it there and an explicit ``compiled`` is refused.
+    """
     if backend not in ROLLOUT_BACKENDS:
         raise ValueError(f"unknown rollout backend {backend!r}; use one of {', '.join(ROLLOUT_BACKENDS)}")
+    if sharded:
+        if backend == "compiled":
+            raise ValueError(
+                "rollout_backend: compiled needs whole, unsharded weights (it compiles a decode step over them); "
+                "under FSDP2 or DeepSpeed ZeRO-3 use rollout_backend: eager (or auto, which picks it)"
+            )
+        return "eager"
     if backend == "auto":
         # On CPU the compiled step is faster per token only for small models and its compilation (tens of
         # seconds) outweighs the gain for a typical run; measured in bench/RESULTS.md.
         return "compiled" if torch.device(device).type == "cuda" else "eager"
     return backend
+
+
+def draw_from_logits(
+    logits: torch.Tensor, n: int, config: SamplingConfig, uniforms: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One token for ``n`` images from visual logits: ``(code, logprob, entropy)``, each ``[n]``.
+
+    ``logits`` (float32) holds the ``n`` cond rows, then (with CFG) the ``n`` uncond rows;
+    ``uniforms`` holds one pre-drawn uniform per image.
+    """
+    cond, uncond = (logits[:n], logits[n:]) if config.uses_cfg else (logits, None)
+    lp = sampling_logprobs(cond, uncond, config)
+    code = sample_from_logprobs(lp, uniforms)
+    return code, lp.gather(-1, code[:, None]).squeeze(-1), entropy_from_logprobs(lp)
 
 
 def draw(
@@ -82,16 +108,8 @@ def draw(
     uniforms: torch.Tensor,
     fp32_head: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One token for ``n`` images: ``(code, logprob, entropy)``, each ``[n]``.
-
-    ``hidden`` holds the final hidden states of the ``n`` cond rows, then (with CFG) the ``n`` uncond
-    rows; ``uniforms`` holds one pre-drawn uniform per image.
-    """
-    logits = visual_logits(hidden, weight, bias, fp32=fp32_head)
-    cond, uncond = (logits[:n], logits[n:]) if config.uses_cfg else (logits, None)
-    lp = sampling_logprobs(cond, uncond, config)
-    code = sample_from_logprobs(lp, uniforms)
-    return code, lp.gather(-1, code[:, None]).squeeze(-1), entropy_from_logprobs(lp)
+    """:func:`draw_from_logits` from final hidden states and the visual head rows (the compiled step's form)."""
+    return draw_from_logits(visual_logits(hidden, weight, bias, fp32=fp32_head), n, config, uniforms)
 
 
 @torch.no_grad()
@@ -133,16 +151,18 @@ def sample_images(
         raise ValueError(f"cfg_scale={config.cfg_scale} needs the unconditional prompt ids (uncond_ids)")
     h, w = grid or vocab.grid
     rows = list(prompt_ids) + ([list(uncond_ids)] * n if use_cfg else [])
-    weight, bias = visual_head(model, vocab)
-    if resolve_backend(backend, weight.device) == "compiled":
+    device = next(model.parameters()).device
+    if resolve_backend(backend, device, sharded=is_sharded(model)) == "compiled":
         from .static_sampler import sample_compiled  # it builds on this module's helpers
 
         return sample_compiled(model, vocab, rows, config, seeds, pad_id, (h, w), progress, fp32_head, min_bucket)
     steps = h * w
-    if fp32_head:
-        weight, bias = weight.float(), bias.float() if bias is not None else None
-    decoder = decoder_of(model)
-    device = weight.device
+    # Every step is a forward of the outermost module whose head computes only the last position's visual
+    # logits: sharding engines (FSDP2) see an ordinary forward and gather what it needs.
+    head = HeadWeights(model, vocab, fp32=fp32_head, frozen=True)
+
+    def next_logits(hidden: torch.Tensor) -> torch.Tensor:
+        return head.visual_logits(hidden[:, -1])
 
     input_ids, mask = left_pad(rows, pad_id, device)
     positions = position_ids_from_mask(mask)
@@ -153,12 +173,10 @@ def sample_images(
     logprobs = torch.empty((n, steps), dtype=torch.float32, device=device)
     entropy = torch.empty((n, steps), dtype=torch.float32, device=device)
 
-    hidden = decoder(
-        input_ids=input_ids, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True
-    ).last_hidden_state[:, -1]
+    logits = head_forward(model, next_logits, input_ids, mask, positions, keep=1, cache=cache, use_cache=True)
     next_pos = positions[:, -1:] + 1
     for t in tqdm(range(steps), desc="sampling tokens", disable=not progress, leave=False):
-        code, logprobs[:, t], entropy[:, t] = draw(hidden, weight, bias, n, config, uniforms[:, t], fp32_head)
+        code, logprobs[:, t], entropy[:, t] = draw_from_logits(logits, n, config, uniforms[:, t])
         codes[:, t] = code
         if t == steps - 1:
             break
@@ -166,9 +184,7 @@ def sample_images(
         if use_cfg:
             token = torch.cat([token, token])  # the uncond row follows the image its cond row draws
         mask = torch.cat([mask, mask.new_ones((mask.size(0), 1))], dim=1)
-        hidden = decoder(
-            input_ids=token, attention_mask=mask, position_ids=next_pos, cache=cache, use_cache=True
-        ).last_hidden_state[:, -1]
+        logits = head_forward(model, next_logits, token, mask, next_pos, keep=1, cache=cache, use_cache=True)
         next_pos = next_pos + 1
 
     return Rollout(

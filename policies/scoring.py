@@ -14,7 +14,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from .guidance import SamplingConfig, entropy_from_logprobs, sampling_logprobs
-from .heads import VisualHead, last_hidden_states
+from .heads import HeadWeights, head_forward
 from .sampler import left_pad
 from .vocab import VisualVocab
 
@@ -49,7 +49,8 @@ def visual_cross_entropy(
     """Per-position negative log-likelihood ``[B, T]`` of ``target_codes`` under the visual slice.
 
     ``hidden[:, t]`` predicts ``target_codes[:, t]``; positions with target ``-100`` get 0.
-    ``head`` maps hidden states to visual logits (a :class:`policies.heads.VisualHead`).
+    ``head`` maps hidden states to visual logits (e.g. :meth:`policies.heads.HeadWeights.visual_logits`,
+    called inside :func:`policies.heads.head_forward`).
     """
 
     def chunk_nll(h: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor]:
@@ -94,18 +95,20 @@ def guided_token_logprobs(
     rows = list(cond_prompts) + (list(uncond_prompts) if use_cfg else [])
     completion = torch.cat([completion_ids, completion_ids]) if use_cfg else completion_ids
     ids, mask = _prompt_plus_completion(rows, completion, pad_id)
-    hidden = last_hidden_states(model, ids, mask)
-    # hidden[:, j] predicts token j + 1: the completion is predicted by the `length` positions before its end.
-    hidden = hidden[:, -length - 1 : -1]
-    head = VisualHead(model, vocab, fp32=fp32_head)
+    head = HeadWeights(model, vocab, fp32=fp32_head)
     codes = vocab.tokens_to_codes(completion_ids)
 
     def chunk_scores(h_cond: torch.Tensor, h_uncond: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        cond = head(h_cond)
-        uncond = head(h_uncond) if use_cfg else None
+        cond = head.visual_logits(h_cond)
+        uncond = head.visual_logits(h_uncond) if use_cfg else None
         logp = sampling_logprobs(cond, uncond, config)
         return logp.gather(-1, y.unsqueeze(-1)).squeeze(-1), entropy_from_logprobs(logp)
 
-    h_cond, h_uncond = (hidden[:batch], hidden[batch:]) if use_cfg else (hidden, hidden)
-    logps, entropy = map_position_chunks(chunk_scores, [h_cond, h_uncond, codes], chunk_size)
-    return logps, entropy
+    def scores(hidden: torch.Tensor) -> torch.Tensor:
+        # hidden[:, j] predicts token j + 1: the completion is predicted by the `length` positions before its end.
+        hidden = hidden[:, :-1]
+        h_cond, h_uncond = (hidden[:batch], hidden[batch:]) if use_cfg else (hidden, hidden)
+        return torch.stack(map_position_chunks(chunk_scores, [h_cond, h_uncond, codes], chunk_size), dim=-1)
+
+    out = head_forward(model, scores, ids, mask, keep=length + 1)
+    return out[..., 0], out[..., 1]

@@ -4,7 +4,8 @@ Visual targets never need the ~151k text rows of the head: their logits are take
 ``codebook_size`` visual rows only, chunked over positions and recomputed in backward
 (:func:`policies.scoring.visual_cross_entropy`), so a 4,608-token sequence at a 215k vocabulary
 never materialises full-vocabulary fp32 logits. Text targets (only with ``loss_on_text``) are few
-and get full-vocabulary logits at their positions only.
+and get full-vocabulary logits at their positions only. Both sums are computed inside the model's
+own forward (:func:`policies.heads.head_forward`), as sharding engines require.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from policies.heads import VisualHead, last_hidden_states, unwrap_causal_lm
+from policies.heads import HeadWeights, head_forward
 from policies.scoring import DEFAULT_CHUNK, visual_cross_entropy
 from policies.vocab import VisualVocab
 
@@ -51,24 +52,24 @@ def next_token_nll_sums(
     ``labels`` are aligned with ``input_ids`` (the model shifts nothing): the hidden state at
     ``t - 1`` predicts ``labels[:, t]``. Labels ``>= vocab.offset`` are visual targets.
     """
-    hidden = last_hidden_states(model, input_ids, attention_mask)[:, :-1]
     targets = labels[:, 1:]
     is_visual = targets >= vocab.offset
     is_text = (targets >= 0) & ~is_visual
-    zero = hidden.new_zeros((), dtype=torch.float32)
-
-    visual_sum = zero
     columns = is_visual.any(dim=0).nonzero().flatten()
-    if columns.numel():
-        # Only the columns holding visual targets (the image suffix, with left padding) are scored.
-        lo, hi = int(columns[0]), int(columns[-1]) + 1
-        codes = torch.where(is_visual, targets - vocab.offset, torch.full_like(targets, -100))[:, lo:hi]
-        visual_sum = visual_cross_entropy(hidden[:, lo:hi], codes, VisualHead(model, vocab), chunk_size).sum()
+    any_text = bool(is_text.any())
+    head = HeadWeights(model, vocab)
 
-    text_sum = zero
-    if bool(is_text.any()):
-        head = unwrap_causal_lm(model).get_output_embeddings()
-        logits = head(hidden[is_text]).float()
-        text_sum = F.cross_entropy(logits, targets[is_text], reduction="sum")
+    def sums(hidden: torch.Tensor) -> torch.Tensor:
+        hidden = hidden[:, :-1]
+        visual_sum = text_sum = hidden.new_zeros((), dtype=torch.float32)
+        if columns.numel():
+            # Only the columns holding visual targets (the image suffix, with left padding) are scored.
+            lo, hi = int(columns[0]), int(columns[-1]) + 1
+            codes = torch.where(is_visual, targets - vocab.offset, torch.full_like(targets, -100))[:, lo:hi]
+            visual_sum = visual_cross_entropy(hidden[:, lo:hi], codes, head.visual_logits, chunk_size).sum()
+        if any_text:
+            text_sum = F.cross_entropy(head.full_logits(hidden[is_text]), targets[is_text], reduction="sum")
+        return torch.stack([visual_sum, text_sum])
 
+    visual_sum, text_sum = head_forward(model, sums, input_ids, attention_mask).unbind()
     return NLLSums(visual_sum, is_visual.sum(), text_sum, is_text.sum())

@@ -74,11 +74,22 @@ class VisualLMTrainer(Trainer):
         self._parts["text"] += float(sums.text.detach())
         self._parts["text_count"] += int(sums.text_count)
 
+    def _global_parts(self) -> dict[str, float]:
+        """The accumulated sums and counts, summed over every process (each rank saw its own batches)."""
+        keys = ("visual", "visual_count", "text", "text_count")
+        parts = torch.tensor([float(self._parts[k]) for k in keys], dtype=torch.float64, device=self.accelerator.device)
+        if self.accelerator.num_processes > 1:
+            parts = self.accelerator.reduce(parts, reduction="sum")
+        return dict(zip(keys, parts.tolist()))
+
     def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
-        """Adds ``loss_visual`` (and ``loss_text`` when text is trained): per-token means since the last log."""
-        if "loss" in logs and self._parts["visual_count"]:
-            logs["loss_visual"] = round(self._parts["visual"] / self._parts["visual_count"], 4)
-            if self._parts["text_count"]:
-                logs["loss_text"] = round(self._parts["text"] / self._parts["text_count"], 4)
+        """Adds ``loss_visual`` (and ``loss_text`` when text is trained): per-token means since the last log, over all
+        processes (every rank logs training losses, so the reduction is collective)."""
+        if "loss" in logs:
+            parts = self._global_parts()
+            if parts["visual_count"]:
+                logs["loss_visual"] = round(parts["visual"] / parts["visual_count"], 4)
+            if parts["text_count"]:
+                logs["loss_text"] = round(parts["text"] / parts["text_count"], 4)
             self._parts = dict.fromkeys(self._parts, 0)
         super().log(logs, *args, **kwargs)

@@ -32,6 +32,7 @@ from policies.codecs import VisualCodec, check_codec_matches, codec_record
 from policies.images import captioned_grid, save_png, to_unit
 from policies.loading import Policy
 from policies.sampler import sample_images
+from policies.sharding import fsdp2_rollout
 from policies.static_sampler import COMPILE_STATS
 from policies.scoring import guided_token_logprobs
 
@@ -168,7 +169,7 @@ class ImageGRPOTrainer(GRPOTrainer):
                 gradient_checkpointing_kwargs=self.args.activation_checkpointing_kwargs,
             ) as unwrapped,
             torch.no_grad(),
-            self._dist.summon_full_params(self.model_wrapped, recurse=False),
+            fsdp2_rollout(self.model_wrapped),
         ):
             # One region: the eager backend casts each weight to bf16 once per rollout (a compiled step in its graph).
             with self._rollout_autocast():
@@ -179,10 +180,13 @@ class ImageGRPOTrainer(GRPOTrainer):
             images = to_unit(self.codec.decode(rollout.codes))
         device = self.accelerator.device
         metrics = self._metrics[mode]
-        metrics["rollout/seconds"].append(time.perf_counter() - start)
-        # Process totals of the compiled backend: flat after the first step when every rollout reuses one graph.
-        metrics["rollout/compiles"].append(float(COMPILE_STATS.compiles))
-        metrics["rollout/compile_seconds"].append(COMPILE_STATS.seconds)
+        # The slowest process's figures (every rank waits for it). Compile counts are process totals of the compiled
+        # backend: flat after the first step when every rollout reuses one graph.
+        own = torch.tensor([time.perf_counter() - start, COMPILE_STATS.compiles, COMPILE_STATS.seconds], device=device)
+        slowest = self.accelerator.gather(own.unsqueeze(0)).max(dim=0).values.tolist()
+        metrics["rollout/seconds"].append(slowest[0])
+        metrics["rollout/compiles"].append(slowest[1])
+        metrics["rollout/compile_seconds"].append(slowest[2])
         metrics["entropy/visual_sampler"].append(self.accelerator.gather(rollout.entropy.mean().to(device)).mean().item())
         tokens = torch.tensor(sum(len(p) for p in prompt_ids) + rollout.token_ids.numel(), device=device)
         if mode == "train":

@@ -41,3 +41,17 @@ def test_gpu_check_cpu_path_writes_rollout_rows_and_a_grpo_step(tmp_path):
         assert step[key] > 0, key
     assert step["compiles"] >= 1 and step["num_generations"] == 4
     assert "## One GRPO step" in (tmp_path / "results.md").read_text()
+
+
+@pytest.mark.slow
+def test_gpu_check_runs_one_grpo_step_under_fsdp2_and_zero3(tmp_path):
+    command = [str(REPO / "bench" / "gpu_check.sh"), "--device", "cpu", "--size", "tiny", "--skip_rollouts",
+               "--skip_grpo", "--engines", "fsdp,zero3", "--out", str(tmp_path)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    steps = json.loads((tmp_path / "results.json").read_text())["sharded_steps"]
+    assert [s["engine"] for s in steps] == ["fsdp", "zero3"]
+    for step in steps:
+        assert step["returncode"] == 0, (tmp_path / f"grpo_{step['engine']}.log").read_text()[-3000:]
+        assert step["grad_norm"] > 0 and step["reward"] is not None
+    assert "| fsdp | 0 |" in (tmp_path / "results.md").read_text()

@@ -88,23 +88,32 @@ def test_guided_scoring_refuses_completions_with_text_tokens(policy):
         guided_token_logprobs(policy.model, policy.vocab, prompts, None, completion, config)
 
 
-def test_visual_head_runs_through_the_head_module_so_sharding_hooks_fire():
-    """ZeRO-3 / FSDP2 gather a module's weight in its forward hooks; the visual slice must call the module."""
-    from policies.heads import VisualHead
+def test_scoring_runs_inside_one_forward_of_the_outermost_module_through_the_head_module():
+    """ZeRO-3 / FSDP2 gather weights in module hooks and reshard after the root's forward: the visual slice must
+    be computed by the head MODULE, inside ONE forward of the outermost module (never a second head call after it).
+    """
     from policies.tiny import build_tiny_policy
 
     policy = build_tiny_policy(hidden_size=32, num_hidden_layers=1)
     head_module = policy.model.get_output_embeddings()
-    calls = []
-    pre = head_module.register_forward_pre_hook(lambda m, a: calls.append("pre"))
-    post = head_module.register_forward_hook(lambda m, a, out: calls.append(tuple(out.shape)))
+    events = []
+    hooks = [
+        policy.model.register_forward_pre_hook(lambda m, a: events.append("model")),
+        policy.model.register_forward_hook(lambda m, a, out: events.append("model done")),
+        head_module.register_forward_pre_hook(lambda m, a: events.append("head")),
+        head_module.register_forward_hook(lambda m, a, out: events.append(("head done", tuple(out.shape)))),
+    ]
+    config = SamplingConfig(cfg_scale=3.0)
+    completion = policy.vocab.codes_to_tokens(torch.randint(0, policy.vocab.codebook_size, (2, 5)))
+    prompts = [policy.encode_prompts(["a red square"])[0]] * 2
     try:
-        hidden = torch.randn(2, 3, 32)
-        logits = VisualHead(policy.model, policy.vocab)(hidden)
+        logps, _ = guided_token_logprobs(policy.model, policy.vocab, prompts, [policy.encode_uncond()] * 2, completion,
+                                         config, chunk_size=2)
     finally:
-        pre.remove()
-        post.remove()
-    assert calls == ["pre", (2, 3, policy.vocab.codebook_size)]
-    expected = hidden @ head_module.weight[policy.vocab.offset :].T
-    assert torch.allclose(logits, expected, atol=1e-5)
+        for h in hooks:
+            h.remove()
+    # One forward; the head is called once inside it and returns the stacked (log-prob, entropy) of every token.
+    assert events == ["model", "head", ("head done", (2, 5, 2)), "model done"]
+    assert logps.shape == (2, 5)
     assert "forward" not in head_module.__dict__  # the swap is undone
+

@@ -81,20 +81,24 @@ def test_visual_slice_loss_and_gradients_equal_plain_full_vocabulary_cross_entro
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
 
 
-def test_full_vocabulary_logits_are_computed_only_at_text_targets(policy):
+def test_full_vocabulary_logits_are_computed_only_at_text_targets(policy, monkeypatch):
+    from policies.heads import HeadWeights
+
     model, vocab = policy.model, policy.vocab
     rows_seen = []
-    # The visual slice also runs through the head module (so sharding hooks fire); count full-width calls only.
-    handle = model.get_output_embeddings().register_forward_hook(
-        lambda _m, _a, out: rows_seen.append(out.shape[:-1].numel() if out.shape[-1] == vocab.vocab_size else 0)
-    )
-    try:
-        with torch.no_grad():
-            for loss_on_text in (False, True):
-                batch = _batch(policy, loss_on_text)
-                sums = next_token_nll_sums(model, vocab, batch["input_ids"], batch["attention_mask"], batch["labels"])
-                expected_rows = int(sums.text_count)
-                assert sum(rows_seen) == expected_rows
-                rows_seen.clear()
-    finally:
-        handle.remove()
+    full_logits = HeadWeights.full_logits
+
+    def counting(self, hidden):
+        logits = full_logits(self, hidden)
+        assert logits.shape[-1] == vocab.vocab_size
+        rows_seen.append(logits.shape[:-1].numel())
+        return logits
+
+    monkeypatch.setattr(HeadWeights, "full_logits", counting)
+    with torch.no_grad():
+        for loss_on_text in (False, True):
+            batch = _batch(policy, loss_on_text)
+            sums = next_token_nll_sums(model, vocab, batch["input_ids"], batch["attention_mask"], batch["labels"])
+            assert sum(rows_seen) == int(sums.text_count)
+            assert (int(sums.text_count) > 0) == loss_on_text
+            rows_seen.clear()

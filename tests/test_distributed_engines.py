@@ -1,0 +1,204 @@
+"""GRPO, pretraining and SFT on 2 CPU processes under DDP, DeepSpeed ZeRO-2, ZeRO-3 and FSDP2.
+
+Each engine runs the same tiny recipe with the same seed and global batch as DDP and must take the
+same steps (loss and gradient norm within 1e-4), write its own kind of checkpoint, and save weights
+that load with ``load_policy`` and ``AutoModelForCausalLM`` and sample an image. How each engine is
+launched on CPU processes is in ``tests/engine_helpers.py``. One GRPO run per engine is in the default
+suite; pretraining/SFT on the sharded engines and the LoRA / reference-model variants are ``slow``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, Qwen2ForCausalLM
+
+from engine_helpers import REPO, SHARDED, engine_artefacts, launch, metrics, tail
+from policies import SamplingConfig, load_policy, sample_images
+from policies.tiny import build_word_tokenizer, tiny_qwen2_config
+from pretrain_sft.demo_data import write_image_folder
+from pretrain_sft.extract import ExtractArguments, extract
+from rl.curves import read_metrics
+
+GRPO = ["--config", str(REPO / "recipes/tiny/grpo.yaml"), "--train_prompts", str(REPO / "recipes/tiny/prompts.jsonl"),
+        "--per_device_train_batch_size", "2", "--num_generations", "4", "--max_steps", "2", "--save_steps", "2"]
+VARIANTS = {
+    "full": ["--log_rollouts", "true", "--sample_every", "1"],
+    "beta": ["--beta", "0.04", "--sample_every", "0"],  # a reference model, sharded like the policy
+    "lora": ["--use_peft", "true", "--lora_r", "4", "--lora_target_modules", "q_proj", "v_proj", "--sample_every", "0"],
+}
+STAGE_ARGS = ["--max_steps", "2", "--per_device_train_batch_size", "4", "--logging_steps", "1", "--save_steps", "2"]
+TOLERANCE = 1e-4
+
+
+class Runs:
+    """Runs launched on first use and shared by the tests of this module (each costs tens of seconds)."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.done: dict[tuple, Path] = {}
+
+    def run(self, engine: str, target: str, args: list[str], key: tuple) -> Path:
+        key = (engine, *key)
+        if key not in self.done:
+            out = self.root / "_".join(key)
+            log = out.with_suffix(".log")
+            result = launch(engine, target, [*args, "--output_dir", str(out)], log)
+            assert result.returncode == 0, tail(log)
+            self.done[key] = out
+        return self.done[key]
+
+    def grpo(self, engine: str, variant: str = "full") -> Path:
+        return self.run(engine, "rl.grpo", [*GRPO, *VARIANTS[variant]], ("grpo", variant))
+
+    @property
+    def cache(self) -> Path:
+        cache = self.root / "cache"
+        if not cache.exists():
+            meta = write_image_folder(self.root / "images", num_images=32, seed=0)
+            extract(ExtractArguments(images=str(meta), out=str(cache), resolution=64))
+        return cache
+
+    @property
+    def llm(self) -> Path:
+        """A plain Qwen2 LLM folder: pretraining extends its vocabulary (in place, under ZeRO-3 partitioned)."""
+        llm = self.root / "llm"
+        if not llm.exists():
+            tokenizer = build_word_tokenizer(["a", "red", "square", "left", "on", "the"], special_tokens=())
+            Qwen2ForCausalLM(tiny_qwen2_config(len(tokenizer), hidden_size=64)).save_pretrained(llm)
+            tokenizer.save_pretrained(llm)
+        return llm
+
+    def pretrain(self, engine: str) -> Path:
+        args = ["--config", str(REPO / "recipes/tiny/pretrain.yaml"), "--cache", str(self.cache),
+                "--model_name_or_path", str(self.llm), *STAGE_ARGS]
+        return self.run(engine, "pretrain_sft.train", args, ("pretrain",))
+
+    def sft(self, engine: str) -> Path:
+        start = self.pretrain("ddp")  # every engine fine-tunes the same checkpoint
+        args = ["--config", str(REPO / "recipes/tiny/sft.yaml"), "--model_name_or_path", str(start),
+                "--cache", str(self.cache), *STAGE_ARGS]
+        return self.run(engine, "pretrain_sft.train", args, ("sft",))
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> Runs:
+    return Runs(tmp_path_factory.mktemp("engines"))
+
+
+def assert_same_steps(run: Path, reference: Path) -> None:
+    ours, ddp = metrics(run), metrics(reference)
+    assert [r["step"] for r in ours] == [r["step"] for r in ddp] == [1, 2]
+    for a, b in zip(ours, ddp):
+        assert abs(a["loss"] - b["loss"]) < TOLERANCE, (a, b)
+        assert abs(a["grad_norm"] - b["grad_norm"]) < TOLERANCE, (a, b)
+        assert a["grad_norm"] > 0.01  # a real gradient, not a vanished one
+        for key in ("reward", "loss_visual"):
+            if key in b:
+                assert abs(a[key] - b[key]) < TOLERANCE, (key, a, b)
+
+
+def assert_loads_and_samples(run: Path, reference: Path | None = None) -> None:
+    """The saved weights load through our loader and plain transformers, sample an image, and equal ``reference``'s."""
+    policy = load_policy(run)
+    plain = AutoModelForCausalLM.from_pretrained(run)
+    for name, tensor in plain.state_dict().items():
+        assert torch.equal(tensor, policy.model.state_dict()[name]), name
+    rollout = sample_images(policy.model, policy.vocab, policy.encode_prompts(["a red square"]), policy.encode_uncond(),
+                            SamplingConfig(cfg_scale=3.0), seeds=[0])
+    assert rollout.codes.shape == (1, *policy.vocab.grid)
+    assert int(rollout.codes.min()) >= 0 and int(rollout.codes.max()) < policy.vocab.codebook_size
+    if reference is not None:  # (files may differ in whether they list the tied head: compare the loaded models)
+        # 1e-4 against updates of ~1e-3 per step: Adam divides by the gradient's own scale, so where a gradient is
+        # ~0 the engines' different reduction orders (last-bit differences) move a weight by a visible fraction.
+        theirs = AutoModelForCausalLM.from_pretrained(reference).state_dict()
+        for name, tensor in plain.state_dict().items():
+            torch.testing.assert_close(tensor, theirs[name], rtol=0, atol=TOLERANCE, msg=name)
+
+
+# ---------------------------------------------------------------------------------------------------- GRPO
+
+
+@pytest.mark.parametrize("engine", ["zero2", "zero3", "fsdp"])
+def test_grpo_under_each_engine_takes_the_ddp_steps_and_saves_loadable_weights(runs, engine):
+    run = runs.grpo(engine)
+    assert engine_artefacts(engine, run / "checkpoint-2")  # the engine really ran (its own optimizer-state files)
+    assert_same_steps(run, runs.grpo("ddp"))
+    assert_loads_and_samples(run, reference=runs.grpo("ddp"))
+
+
+def nanstd_unbiased(x: torch.Tensor) -> torch.Tensor:
+    return ((x - x.mean()) ** 2).sum().div(len(x) - 1).sqrt()
+
+
+def test_ddp_ranks_share_group_advantages_and_write_metrics_once(runs):
+    out = runs.grpo("ddp")
+    assert engine_artefacts("ddp", out / "checkpoint-2")
+    assert_loads_and_samples(out)
+    rows = {rank: [json.loads(line) for line in (out / "rollouts" / f"rank{rank}.jsonl").read_text().splitlines()]
+            for rank in (0, 1)}
+    for step in (0, 1):
+        group = [r for rank in (0, 1) for r in rows[rank] if r["step"] == step]
+        assert len(group) == 4 and len({r["prompt"] for r in group}) == 1  # one group split over both ranks
+        assert {r["rank"] for r in group} == {0, 1}
+        rewards = torch.tensor([r["reward"] for r in group])
+        expected = (rewards - rewards.mean()) / (nanstd_unbiased(rewards) + 1e-4)
+        assert torch.allclose(torch.tensor([r["advantage"] for r in group]), expected, atol=1e-5)
+        assert len({r["seed"] for r in group}) == 4  # ranks never draw the same sample
+
+    assert [r["step"] for r in read_metrics(out)] == [1, 2]
+    assert sorted(p.name for p in (out / "samples").glob("*.png")) == ["step_0.png", "step_1.png"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("engine", SHARDED)
+@pytest.mark.parametrize("variant", ["beta", "lora"])
+def test_grpo_with_a_reference_model_or_lora_under_sharded_engines_takes_the_ddp_steps(runs, engine, variant):
+    run = runs.grpo(engine, variant)
+    assert_same_steps(run, runs.grpo("ddp", variant))
+    if variant == "beta":
+        assert metrics(run)[1]["kl"] > 0  # the reference model scored the completions after one update
+        assert_loads_and_samples(run, reference=runs.grpo("ddp", variant))
+    else:
+        assert (run / "adapter_model.safetensors").exists()
+
+
+@pytest.mark.parametrize("engine", ["fsdp", pytest.param("zero3", marks=pytest.mark.slow)])
+def test_a_killed_sharded_run_resumes_from_its_checkpoint_with_every_step_logged_once(tmp_path, engine):
+    out = tmp_path / "run"
+    args = [*GRPO, "--max_steps", "4", "--save_steps", "2", "--sample_every", "0", "--output_dir", str(out)]
+    killer = str(REPO / "tests" / "distributed" / "kill_at_step.py")
+    crashed = launch(engine, killer, args, tmp_path / "crash.log", env={"KILL_AT_STEP": "3"})
+    assert crashed.returncode != 0
+    assert [r["step"] for r in read_metrics(out)] == [1, 2, 3]
+    assert engine_artefacts(engine, out / "checkpoint-2")
+
+    resumed = launch(engine, "rl.grpo", [*args, "--resume_from_checkpoint", "last"], tmp_path / "resume.log")
+    assert resumed.returncode == 0, tail(tmp_path / "resume.log")
+    assert [r["step"] for r in read_metrics(out)] == [1, 2, 3, 4]
+    assert json.loads((out / "checkpoint-4" / "trainer_state.json").read_text())["global_step"] == 4
+    assert_loads_and_samples(out)
+
+
+# ------------------------------------------------------------------------------------------ pretrain / SFT
+
+
+def test_pretraining_on_two_processes_logs_the_loss_of_both_ranks(runs):
+    """``loss_visual`` is summed over ranks before it is logged: with image targets only it IS the global loss."""
+    run = runs.pretrain("ddp")
+    for row in metrics(run):
+        assert row["loss_visual"] == pytest.approx(row["loss"], abs=1e-4)
+    assert_loads_and_samples(run)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("engine", ["zero2", "zero3", "fsdp"])
+@pytest.mark.parametrize("stage", ["pretrain", "sft"])
+def test_pretraining_and_sft_under_each_engine_take_the_ddp_steps(runs, engine, stage):
+    run = getattr(runs, stage)(engine)
+    assert engine_artefacts(engine, run / "checkpoint-2")
+    assert_same_steps(run, getattr(runs, stage)("ddp"))
+    assert_loads_and_samples(run, reference=getattr(runs, stage)("ddp"))
