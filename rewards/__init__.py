@@ -7,9 +7,12 @@ Public API (used by the GRPO trainer, the CLI and plugins)::
     available_rewards() -> dict[str, RewardInfo]
     build_rewards(specs, device=None, dtype=None, aggregation="sum") -> RewardSuite
 
-Built-ins: ``clip``, ``hpsv2``, ``hpsv2.1`` (open_clip, weights from local files; open_clip is
-imported only when one is built) and the weight-free ``color_region``, ``object_count``,
-``background``. Plugins register through the entry-point group ``simplear_rl.rewards``.
+Built-ins: ``clip``, ``hpsv2``, ``hpsv2.1``, ``aesthetic`` (open_clip, weights from local files;
+open_clip is imported only when one is built), ``pickscore`` (a transformers CLIP folder), ``ocr``
+(rapidocr, bundled models), ``geneval`` (a transformers OWLv2 folder judged by GenEval's rules),
+the weight-free ``color_region``, ``object_count``, ``background``, and ``remote`` (rewards served
+by ``simplear-rl rewards serve``) and ``vlm_judge`` (a vision-language model behind an
+OpenAI-compatible endpoint). Plugins register through the entry-point group ``simplear_rl.rewards``.
 """
 
 from .base import REQUIRED, FunctionReward, Reward, resolve_dtype
@@ -31,7 +34,7 @@ from .specs import build_rewards
 from .suite import AGGREGATIONS, ON_ERROR, Component, Gate, RewardSuite
 
 # Built-in rewards register themselves on import.
-from . import clip, hps, verifiable  # noqa: E402,F401  isort: skip
+from . import aesthetic, clip, geneval, hps, ocr, pickscore, remote, verifiable, vlm_judge  # noqa: E402,F401  isort: skip
 
 __all__ = [
     "AGGREGATIONS",

@@ -1,10 +1,13 @@
-"""``simplear-rl rewards list | score``: see registered rewards, score images on disk.
+"""``simplear-rl rewards list | score | serve``: see registered rewards, score images on disk, serve rewards.
 
 ``score --rewards SPEC --images DIR --prompts FILE [--out scores.jsonl] [--device cpu]``:
 SPEC is a YAML/JSON file holding a ``rewards:`` list (a whole recipe works: only ``rewards``,
 ``reward_aggregation`` and ``reward_on_error`` are read) or an inline comma list of names; FILE is
 JSONL (``image`` relative to DIR, ``prompt``, metadata columns) or plain text (one prompt per line,
 matched to the sorted image files of DIR).
+
+``serve --spec SPEC [--host 127.0.0.1] [--port 8100]``: the rewards of SPEC in this process behind
+the HTTP API of :mod:`rewards.server`, for the ``remote`` reward of a training run.
 """
 
 from __future__ import annotations
@@ -147,7 +150,8 @@ def _score(args: argparse.Namespace) -> int:
     suite = build_rewards(
         specs, device=args.device, dtype=args.dtype, aggregation=args.aggregation or options.get("aggregation", "sum")
     )
-    columns = set.intersection(*(set(row) for row in rows)) - {"image", "prompt"}
+    # Every column any row has; rows without it get None (GenEval's `exclude` is on counting rows only).
+    columns = set.union(*(set(row) for row in rows)) - {"image", "prompt"}
     suite.validate_columns(columns)
     on_error = args.on_error or options.get("on_error", "fail")
 
@@ -156,7 +160,7 @@ def _score(args: argparse.Namespace) -> int:
         for start in range(0, len(rows), CHUNK):
             chunk = rows[start : start + CHUNK]
             images = [load_image(row["image"]) for row in chunk]
-            metadata = {key: [row[key] for row in chunk] for key in columns}
+            metadata = {key: [row.get(key) for row in chunk] for key in columns}
             for name, values in suite.score(images, [row["prompt"] for row in chunk], on_error=on_error, **metadata).items():
                 scores[name].append(values)
             progress.update(len(chunk))
@@ -181,8 +185,30 @@ def _score(args: argparse.Namespace) -> int:
     return 0
 
 
+# --------------------------------------------------------------------- serve
+def _serve(args: argparse.Namespace) -> int:
+    from . import build_rewards
+    from .server import Limits, require_serving_packages, serve
+
+    require_serving_packages()  # before any reward model loads
+    positive = {"--max_batch": args.max_batch, "--max_body_mb": args.max_body_mb, "--max_pixels": args.max_pixels}
+    for flag, value in positive.items():
+        if value <= 0:
+            raise InputError(f"{flag} must be positive, got {value:g}")
+    if args.idle_timeout < 0:
+        raise InputError(f"--idle_timeout must be >= 0 (0: never), got {args.idle_timeout:g}")
+    if not 0 <= args.port <= 65535:
+        raise InputError(f"--port must be in 0..65535 (0: any free port), got {args.port}")
+    specs, _ = load_reward_specs(args.spec)  # aggregation and on_error are the caller's business
+    suite = build_rewards(specs, device=args.device, dtype=args.dtype)
+    limits = Limits(max_batch=args.max_batch, max_body_bytes=int(args.max_body_mb * 2**20), max_pixels=args.max_pixels)
+    serve(suite, args.host, args.port, limits, idle_timeout=args.idle_timeout, exit_with_parent=args.exit_with_parent,
+          log_level=args.log_level)
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = CommandParser(prog="simplear-rl rewards", description="List rewards or score images on disk.")
+    parser = CommandParser(prog="simplear-rl rewards", description="List rewards, score images on disk, serve rewards.")
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("list", help="every registered reward: parameters, required fields, source").set_defaults(
         run=_list
@@ -197,6 +223,19 @@ def _parser() -> argparse.ArgumentParser:
     score.add_argument("--aggregation", choices=("sum", "normalize_then_sum"), default=None)
     score.add_argument("--on-error", choices=("fail", "drop"), default=None)
     score.set_defaults(run=_score)
+    serve = commands.add_parser("serve", help="serve rewards over HTTP for the `remote` reward (needs the serve extra)")
+    serve.add_argument("--spec", required=True, help="YAML/JSON file with a `rewards:` list, or names 'a,b'")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    serve.add_argument("--port", type=int, default=8100, help="port (default 8100; 0: any free port, printed)")
+    serve.add_argument("--device", default=None, help="device for model rewards (default cuda if available, else cpu)")
+    serve.add_argument("--dtype", default=None, help="dtype for model rewards: fp32 (default), bf16, fp16")
+    serve.add_argument("--max_batch", type=int, default=256, help="most rows per request (default 256)")
+    serve.add_argument("--max_body_mb", type=float, default=512.0, help="largest request body in MiB (default 512)")
+    serve.add_argument("--max_pixels", type=int, default=4096 * 4096, help="largest image, in pixels (default 4096x4096)")
+    serve.add_argument("--idle_timeout", type=float, default=0.0, help="stop after this many idle seconds (0: never)")
+    serve.add_argument("--exit_with_parent", action="store_true", help="stop when the process that started it exits")
+    serve.add_argument("--log_level", default="warning", choices=("critical", "error", "warning", "info", "debug"))
+    serve.set_defaults(run=_serve)
     return parser
 
 

@@ -16,7 +16,7 @@ SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
     "pretrain": ("pretrain_sft.train", "main_pretrain", "pretrain a policy from a recipe"),
     "sft": ("pretrain_sft.train", "main_sft", "supervised fine-tuning from a recipe"),
     "grpo": ("rl.grpo", "main", "GRPO alignment from a recipe"),
-    "rewards": ("rewards.cli", "main", "list registered rewards or score images on disk"),
+    "rewards": ("rewards.cli", "main", "list registered rewards, score images on disk, serve rewards over HTTP"),
     "eval": ("rl.evaluate", "main", "benchmark layouts (geneval, dpg) and reward evaluation"),
     "ablate": ("rl.ablate", "main", "run recipe variants (e.g. short/long prompts) and compare them"),
     "plot": ("rl.plot", "main", "overlay reward curves of one or more runs"),

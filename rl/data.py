@@ -2,12 +2,40 @@
 
 from __future__ import annotations
 
+import json
+import logging
 import random
 from pathlib import Path
 
 import datasets
+import pyarrow as pa
 
 from policies.records import read_records
+
+logger = logging.getLogger(__name__)
+
+
+def _arrow_accepts(values: list) -> bool:
+    try:
+        datasets.Dataset.from_dict({"column": values})
+    except (pa.lib.ArrowException, TypeError, ValueError):
+        return False
+    return True
+
+
+def table_from_records(records: list[dict], where: str) -> datasets.Dataset:
+    """A table with every column any record has (``None`` where a record lacks it).
+
+    A column Arrow cannot type (e.g. GenEval's ``include`` entries, whose ``position`` is
+    ``["left of", 0]``: text and a number in one list) is kept as JSON text, one string per row.
+    """
+    keys = list(dict.fromkeys(key for record in records for key in record))
+    columns = {key: [record.get(key) for record in records] for key in keys}
+    for key, values in columns.items():
+        if not _arrow_accepts(values):
+            columns[key] = [None if v is None else json.dumps(v) for v in values]
+            logger.info("%s: column %r holds values Arrow cannot type; it is kept as JSON text", where, key)
+    return datasets.Dataset.from_dict(columns)
 
 
 def read_prompt_table(path: str | Path) -> datasets.Dataset:
@@ -29,7 +57,7 @@ def read_prompt_table(path: str | Path) -> datasets.Dataset:
     if suffix not in (".jsonl", ".json", ".txt"):
         raise ValueError(f"prompt file {str(path)!r}: unsupported extension {suffix!r}; use .jsonl, .json, .txt or a datasets folder")
     records = read_records(path, what="prompt file", text_key="prompt")
-    return datasets.Dataset.from_list(records)
+    return table_from_records(records, f"prompt file {str(path)!r}")
 
 
 def load_prompt_set(

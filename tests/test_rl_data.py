@@ -67,3 +67,26 @@ def test_unreadable_prompt_files_name_the_file_and_line(tmp_path):
     (tmp_path / "p.csv").write_text("prompt\nx\n")
     with pytest.raises(ValueError, match="unsupported extension"):
         load_prompt_set(tmp_path / "p.csv")
+
+
+def test_geneval_metadata_loads_with_columns_only_later_rows_have_and_mixed_type_lists(tmp_path):
+    """GenEval's evaluation_metadata.jsonl: `exclude` only on counting rows, `position` = ["left of", 0]."""
+    rows = [
+        {"tag": "single_object", "include": [{"class": "bench", "count": 1}], "prompt": "a photo of a bench"},
+        {"tag": "counting", "include": [{"class": "cat", "count": 2}], "exclude": [{"class": "cat", "count": 3}],
+         "prompt": "a photo of two cats"},
+        {"tag": "position", "include": [{"class": "dog", "count": 1}, {"class": "cup", "count": 1,
+                                                                        "position": ["left of", 0]}],
+         "prompt": "a photo of a cup left of a dog"},
+    ]
+    path = tmp_path / "evaluation_metadata.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    table = load_prompt_set(path)
+    assert table["exclude"][0] is None and table["exclude"][1] == [{"class": "cat", "count": 3}]
+    # Arrow cannot type text and a number in one list: the column is kept as JSON text, exactly recoverable.
+    assert [json.loads(v) for v in table["include"]] == [r["include"] for r in rows]
+
+    from rewards.geneval_rules import parse_row  # the geneval reward reads the JSON text as it is
+
+    spec = parse_row(table["tag"][2], table["include"][2], table["exclude"][2])
+    assert spec.include[1].position == ("left of", 0)
