@@ -1,4 +1,4 @@
-"""The AR image policy: visual vocabulary, checkpoint loading, codecs and the CFG rollout sampler.
+"""The AR image policy: visual vocabulary, model families, checkpoint loading, codecs and the CFG rollout sampler.
 
 Names are imported on first use, so light modules of the package (``policies.commands``,
 ``policies.records``) load without importing torch and transformers.
@@ -10,6 +10,8 @@ import importlib
 
 _EXPORTS = {
     "SamplingConfig": ".guidance",
+    "PolicyFamily": ".families",
+    "family_for_model_type": ".families",
     "Policy": ".loading",
     "extend_llm": ".loading",
     "extend_vocabulary": ".loading",

@@ -28,7 +28,7 @@ from .commands import CommandParser, command
 from .dtypes import resolve_dtype
 from .guidance import SamplingConfig
 from .images import captioned_grid, save_png, to_pil
-from .loading import Policy, check_model_folder, load_policy
+from .loading import Policy, check_model_folder, checkpoint_family, load_policy
 from .records import read_records, write_jsonl
 from .rendering import render
 from .sampler import ROLLOUT_BACKENDS
@@ -63,7 +63,7 @@ def add_policy_arguments(p: argparse.ArgumentParser, model_required: bool = Fals
 def add_sampling_arguments(p: argparse.ArgumentParser, num_images: int = 1) -> None:
     """Flags of the CFG sampler and the seeds (shared with ``simplear-rl eval``)."""
     p.add_argument("--num_images", type=int, default=num_images, help=f"images per prompt (default {num_images})")
-    p.add_argument("--cfg_scale", type=float, default=None, help=f"guidance scale (default {SIMPLEAR_CFG_SCALE}; tiny default {TINY_CFG_SCALE})")
+    p.add_argument("--cfg_scale", type=float, default=None, help=f"guidance scale (default: the family's, {SIMPLEAR_CFG_SCALE} for SimpleAR, 5 for Janus, 3 for Emu3; tiny default {TINY_CFG_SCALE})")
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--top_k", type=int, default=0, help="0 = the whole codebook")
     p.add_argument("--top_p", type=float, default=1.0)
@@ -113,6 +113,8 @@ class Setup:
     config: SamplingConfig
     uncond_text: str
     backend: str = "eager"
+    #: A negative prompt's ids (shared by every row); None: the family's own unconditional prompts.
+    uncond_ids: list[int] | None = None
 
     def settings(self) -> dict:
         """Everything besides caption and seed that decides an image, for the records written next to it."""
@@ -128,7 +130,7 @@ class Setup:
         """Images ``[N,3,H,W]`` in ``[0,1]`` for :func:`image_seeds` jobs ``(caption index, sample, seed)``."""
         return render(
             self.policy, self.codec, [captions[i] for i, _, _ in jobs], [seed for _, _, seed in jobs], self.config,
-            uncond_ids=self.policy.encode_text(self.uncond_text), grid=self.grid, batch_size=batch_size,
+            uncond_ids=self.uncond_ids, grid=self.grid, batch_size=batch_size,
             backend=self.backend,
         )
 
@@ -143,9 +145,11 @@ def recorded_codec(model: str | Path) -> dict | None:
     return (layout.get("extra") or {}).get("codec")
 
 
-def codec_choice(args: argparse.Namespace, recorded: dict | None) -> dict:
-    """The codec record to build: ``--codec`` (default: the recorded codec, else cosmos), with the settings the
-    checkpoint records for that codec and ``--codec_levels``/``--codec_patch`` on top."""
+def codec_choice(args: argparse.Namespace, recorded: dict | None, default: dict | None = None) -> dict:
+    """The codec record to build: ``--codec`` (default: the recorded codec, else the family's own, e.g. a Janus or
+    Emu3 checkpoint's VQ-VAE, else cosmos), with the settings the checkpoint records for that codec and
+    ``--codec_levels``/``--codec_patch`` on top."""
+    recorded = recorded or default
     name = args.codec or (recorded or {}).get("name") or "cosmos"
     record = dict(recorded) if recorded and recorded.get("name") == name else {"name": name}
     overrides = {k: v for k, v in (("levels", args.codec_levels), ("patch", args.codec_patch)) if v is not None}
@@ -160,7 +164,7 @@ def build_setup(args: argparse.Namespace, log) -> Setup:
     resolve_dtype(args.dtype, device)  # an unknown name is reported before anything loads
     if args.model is not None:
         check_model_folder(args.model)  # a missing checkpoint is reported before anything loads
-    default_cfg = TINY_CFG_SCALE if args.model is None else SIMPLEAR_CFG_SCALE
+    default_cfg = TINY_CFG_SCALE if args.model is None else checkpoint_family(Path(args.model)).default_cfg_scale
     config = SamplingConfig(  # checked before anything loads
         cfg_scale=default_cfg if args.cfg_scale is None else args.cfg_scale,
         temperature=args.temperature,
@@ -177,8 +181,10 @@ def build_setup(args: argparse.Namespace, log) -> Setup:
         policy.model.to(device=device, dtype=resolve_dtype(args.dtype, device, policy.model.config.hidden_size))
     else:
         codec_dtype = None if args.dtype == "auto" else args.dtype
-        choice = codec_choice(args, recorded_codec(args.model))
-        codec = build_recorded_codec(choice, path=args.codec_path, device=device, dtype=codec_dtype)
+        choice = codec_choice(args, recorded_codec(args.model), checkpoint_family(Path(args.model)).default_codec(args.model))
+        # A Janus / Emu3 checkpoint carries its own (frozen) VQ-VAE: decode with the one in the folder being sampled.
+        path = args.codec_path or (args.model if choice["name"] == "vqvae" else None)
+        codec = build_recorded_codec(choice, path=path, device=device, dtype=codec_dtype)
         policy = load_policy(args.model, dtype=args.dtype, device=device)
     vocab = policy.vocab
     if args.prompt_prefix is not None:
@@ -187,10 +193,11 @@ def build_setup(args: argparse.Namespace, log) -> Setup:
     check_codec_matches(codec, vocab.codebook_size, grid, args.resolution)
     policy.vocab = vocab.with_grid(grid)
     if args.uncond_prompt is None:
-        uncond_text = vocab.format_uncond()
+        uncond_text, uncond_ids = vocab.format_uncond(), None
     else:  # a negative prompt takes the caption's place in the cond template, without the prefix
         uncond_text = vocab.replace(prompt_prefix="").format_cond(args.uncond_prompt)
-    return Setup(policy, codec, grid, config, uncond_text, args.backend)
+        uncond_ids = policy.encode_text(uncond_text)
+    return Setup(policy, codec, grid, config, uncond_text, args.backend, uncond_ids)
 
 
 def generate(args: argparse.Namespace, captions: list[str], setup: Setup, out: Path) -> list[dict]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -18,6 +18,7 @@ from transformers import (
 )
 
 from .dtypes import resolve_dtype
+from .families import PolicyFamily, SimpleARFamily, family_for_model_type
 from .sharding import full_shape, gathered_for_edit
 from .vocab import SIMPLEAR_SPECIAL_TOKENS, VisualVocab, check_model_vocab
 
@@ -31,11 +32,12 @@ _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json")
 
 @dataclass
 class Policy:
-    """An AR image policy: the causal LM, its tokenizer and its visual layout."""
+    """An AR image policy: the model, its tokenizer, its visual layout and its family."""
 
     model: PreTrainedModel
     tokenizer: PreTrainedTokenizerBase
     vocab: VisualVocab
+    family: PolicyFamily = field(default_factory=SimpleARFamily)
 
     @property
     def device(self) -> torch.device:
@@ -55,8 +57,12 @@ class Policy:
         return [self.encode_text(self.vocab.format_cond(c)) for c in captions]
 
     def encode_uncond(self) -> list[int]:
-        """The unconditional prompt ids used for classifier-free guidance."""
+        """The unconditional prompt ids of the vocab's uncond template (shared by every row)."""
         return self.encode_text(self.vocab.format_uncond())
+
+    def uncond_prompts(self, cond_prompts: list[list[int]]) -> list[list[int]]:
+        """The unconditional prompt ids for classifier-free guidance, one per conditional prompt (family rule)."""
+        return self.family.uncond_prompts(self, cond_prompts)
 
     def save(self, out_dir: str | Path) -> None:
         """Save model (with the layout in its config) and tokenizer to a folder."""
@@ -82,12 +88,22 @@ def check_model_folder(path: str | Path, what: str = "policy checkpoint") -> Pat
     return folder
 
 
-def checkpoint_hidden_size(folder: Path) -> int | None:
-    """The hidden size ``config.json`` records, read without loading the model (None when it records none)."""
+def _checkpoint_config(folder: Path) -> dict:
     try:
-        return json.loads((folder / "config.json").read_text(encoding="utf-8")).get("hidden_size")
+        return json.loads((folder / "config.json").read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError):
-        return None
+        return {}
+
+
+def checkpoint_hidden_size(folder: Path) -> int | None:
+    """The hidden size ``config.json`` records (at the top or in ``text_config``), read without loading the model."""
+    config = _checkpoint_config(folder)
+    return config.get("hidden_size") or (config.get("text_config") or {}).get("hidden_size")
+
+
+def checkpoint_family(folder: Path) -> PolicyFamily:
+    """The policy family of a checkpoint folder, from its ``model_type`` (read without loading the model)."""
+    return family_for_model_type(_checkpoint_config(folder).get("model_type"))
 
 
 def load_tokenizer(folder: Path) -> PreTrainedTokenizerBase:
@@ -141,22 +157,24 @@ def load_policy(
     codebook_size: int | None = None,
     grid: tuple[int, int] | None = None,
 ) -> Policy:
-    """Load a SimpleAR-style checkpoint folder (HF ``qwen2`` causal LM + tokenizer) from disk.
+    """Load a policy checkpoint folder (model + tokenizer) of any supported family from disk.
 
-    The checkpoint's text-chat ``generation_config`` (repetition penalty, top-k 20, ...) is
+    The family comes from the config's ``model_type`` (:mod:`policies.families`). For SimpleAR-style
+    ``qwen2`` checkpoints the text-chat ``generation_config`` (repetition penalty, top-k 20, ...) is
     replaced by a neutral one: image sampling never inherits it. ``dtype`` None/"auto" picks the faster
     dtype for the model's size on ``device`` (:func:`policies.dtypes.resolve_dtype`).
     """
     folder = check_model_folder(path)
+    family = checkpoint_family(folder)
     device = torch.device(device or "cpu")
     torch_dtype = resolve_dtype(dtype, device, checkpoint_hidden_size(folder))
     tokenizer = load_tokenizer(folder)
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch_dtype).to(device)
+    model = family.load_model(folder, torch_dtype).to(device)
     model.eval()
-    model.generation_config = GenerationConfig()
-    vocab = recover_vocab(model, tokenizer, codebook_size=codebook_size, grid=grid)
+    family.adapt_model(model)
+    vocab = family.resolve_layout(model, tokenizer, codebook_size=codebook_size, grid=grid)
     vocab.attach_to_config(model.config)
-    return Policy(model=model, tokenizer=tokenizer, vocab=vocab)
+    return Policy(model=model, tokenizer=tokenizer, vocab=vocab, family=family)
 
 
 def extend_vocabulary(

@@ -28,19 +28,20 @@ def render(
     """Sample one image per ``(caption, seed)`` pair in batches; returns ``[N,3,H,W]`` in ``[0,1]`` on CPU.
 
     Each image depends only on its caption and seed, never on the batch it was drawn in (nor on the
-    rollout ``backend``). ``uncond_ids`` defaults to the policy's unconditional template.
+    rollout ``backend``). ``uncond_ids`` (a negative prompt shared by every row) defaults to the policy
+    family's unconditional prompts (:meth:`policies.loading.Policy.uncond_prompts`).
     """
     if len(captions) != len(seeds):
         raise ValueError(f"{len(captions)} captions but {len(seeds)} seeds: one seed per image")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    uncond_ids = uncond_ids if uncond_ids is not None else policy.encode_uncond()
     images = []
     with tqdm(total=len(captions), desc=desc, unit="img", disable=desc is None) as bar:
         for start in range(0, len(captions), batch_size):
             batch = slice(start, start + batch_size)
+            prompts = policy.encode_prompts(captions[batch])
             rollout = sample_images(
-                policy.model, policy.vocab, policy.encode_prompts(captions[batch]), uncond_ids, config,
+                policy.model, policy.vocab, prompts, uncond_ids or policy.uncond_prompts(prompts), config,
                 seeds=seeds[batch], pad_id=policy.pad_id, grid=grid, backend=backend,
                 min_bucket=min(batch_size, len(captions)),
             )

@@ -25,7 +25,8 @@ from .guidance import (
     sample_from_logprobs,
     sampling_logprobs,
 )
-from .heads import HeadWeights, head_forward, position_ids_from_mask, visual_logits
+from .families import family_of, visual_head
+from .heads import head_forward, position_ids_from_mask, visual_logits
 from .sharding import is_sharded
 from .vocab import VisualVocab
 
@@ -38,9 +39,9 @@ class Rollout:
     """What the sampler returns, one row per sampled image."""
 
     codes: torch.Tensor  #: long ``[N, h, w]`` visual codes
-    token_ids: torch.Tensor  #: long ``[N, h*w]`` LM token ids (offset + code)
-    logprobs: torch.Tensor  #: float32 ``[N, h*w]`` log-prob of each token under the sampled distribution
-    entropy: torch.Tensor  #: float32 ``[N, h*w]`` entropy of the sampled distribution at each step
+    token_ids: torch.Tensor  #: long ``[N, L]`` completion ids (offset + code; forced row ends where the layout has them)
+    logprobs: torch.Tensor  #: float32 ``[N, L]`` log-prob of each token under the sampled distribution (0 if forced)
+    entropy: torch.Tensor  #: float32 ``[N, L]`` entropy of the sampled distribution at each step (0 if forced)
 
 
 def left_pad(rows: list[list[int]], pad_id: int, device: torch.device | str | None = None,
@@ -63,19 +64,20 @@ def row_uniforms(seeds: list[int], steps: int, device: torch.device | str | None
     return torch.stack(rows).to(device=device, dtype=torch.float32)
 
 
-def resolve_backend(backend: str, device: torch.device | str, sharded: bool = False) -> str:
+def resolve_backend(backend: str, device: torch.device | str, eager_only: str | None = None) -> str:
     """``eager`` or ``compiled`` for a backend name; ``auto`` is ``compiled`` on CUDA and ``eager`` elsewhere.
 
-    Sharded weights (FSDP2, DeepSpeed ZeRO-3) need the eager backend, whose every step is a forward of
-    the root module: ``auto`` picks it there and an explicit ``compiled`` is refused.
+    ``eager_only`` names why only the eager backend can serve (sharded weights under FSDP2 / ZeRO-3,
+    whose every step must be a forward of the root module; a family whose head is not a slice of the LM
+    head or that forces structural tokens): ``auto`` then picks eager and an explicit ``compiled`` is refused.
     """
     if backend not in ROLLOUT_BACKENDS:
         raise ValueError(f"unknown rollout backend {backend!r}; use one of {', '.join(ROLLOUT_BACKENDS)}")
-    if sharded:
+    if eager_only is not None:
         if backend == "compiled":
             raise ValueError(
-                "rollout_backend: compiled needs whole, unsharded weights (it compiles a decode step over them); "
-                "under FSDP2 or DeepSpeed ZeRO-3 use rollout_backend: eager (or auto, which picks it)"
+                f"rollout_backend: compiled does not serve {eager_only}; use rollout_backend: eager (or auto, "
+                "which picks it)"
             )
         return "eager"
     if backend == "auto":
@@ -83,6 +85,16 @@ def resolve_backend(backend: str, device: torch.device | str, sharded: bool = Fa
         # seconds) outweighs the gain for a typical run; measured in bench/RESULTS.md.
         return "compiled" if torch.device(device).type == "cuda" else "eager"
     return backend
+
+
+def eager_only_reason(model: nn.Module) -> str | None:
+    """Why only the eager backend can sample from ``model`` (None when the compiled one can too)."""
+    if is_sharded(model):
+        return "sharded weights (FSDP2 / DeepSpeed ZeRO-3), which need whole weights for a compiled step"
+    family = family_of(model)
+    if not family.compiled_rollouts:
+        return f"the {family.name} policy family"
+    return None
 
 
 def draw_from_logits(
@@ -117,7 +129,7 @@ def sample_images(
     model: nn.Module,
     vocab: VisualVocab,
     prompt_ids: list[list[int]],
-    uncond_ids: list[int] | None,
+    uncond_ids: list[int] | list[list[int]] | None,
     config: SamplingConfig,
     seeds: list[int],
     pad_id: int = 0,
@@ -130,10 +142,10 @@ def sample_images(
     """Sample one image per prompt row (repeat a prompt G times for G samples).
 
     Args:
-        model: a Hugging Face causal LM (plain or PEFT-wrapped) whose vocabulary follows ``vocab``.
+        model: a policy model of a supported family (plain or PEFT-wrapped) whose vocabulary follows ``vocab``.
         prompt_ids: templated conditional prompts, one token list per output row.
-        uncond_ids: the templated unconditional prompt, shared by all rows (needed when
-            ``config.cfg_scale != 1``; ignored otherwise).
+        uncond_ids: the unconditional prompt: one token list shared by all rows, or one per row
+            (``Policy.uncond_prompts``); needed when ``config.cfg_scale != 1``, ignored otherwise.
         seeds: one seed per row.
         grid: ``(h, w)`` to sample; defaults to ``vocab.grid``.
         fp32_head: compute the visual head in float32 even under bf16 weights or autocast (the
@@ -142,6 +154,9 @@ def sample_images(
             same codes and log-probs for the same seeds.
         min_bucket: compiled backend only: pad the batch to at least this many images, so that a
             last, smaller batch reuses the graph compiled for full ones.
+
+    With ``vocab.row_end_id`` set, the row-end token follows every row of ``w`` codes in the
+    completion: fed to the model but never drawn (log-prob and entropy 0 there).
     """
     n = len(prompt_ids)
     if len(seeds) != n:
@@ -150,16 +165,23 @@ def sample_images(
     if use_cfg and not uncond_ids:
         raise ValueError(f"cfg_scale={config.cfg_scale} needs the unconditional prompt ids (uncond_ids)")
     h, w = grid or vocab.grid
-    rows = list(prompt_ids) + ([list(uncond_ids)] * n if use_cfg else [])
+    if use_cfg:
+        per_row = isinstance(uncond_ids[0], (list, tuple))
+        uncond_rows = [list(u) for u in uncond_ids] if per_row else [list(uncond_ids)] * n
+        if len(uncond_rows) != n:
+            raise ValueError(f"need one unconditional prompt per row: got {len(uncond_rows)} for {n} rows")
+    rows = list(prompt_ids) + (uncond_rows if use_cfg else [])
     device = next(model.parameters()).device
-    if resolve_backend(backend, device, sharded=is_sharded(model)) == "compiled":
+    if resolve_backend(backend, device, eager_only_reason(model)) == "compiled":
         from .static_sampler import sample_compiled  # it builds on this module's helpers
 
         return sample_compiled(model, vocab, rows, config, seeds, pad_id, (h, w), progress, fp32_head, min_bucket)
     steps = h * w
+    row_end = vocab.row_end_id
+    length = steps + (h if row_end is not None else 0)
     # Every step is a forward of the outermost module whose head computes only the last position's visual
     # logits: sharding engines (FSDP2) see an ordinary forward and gather what it needs.
-    head = HeadWeights(model, vocab, fp32=fp32_head, frozen=True)
+    head = visual_head(model, vocab, fp32=fp32_head, frozen=True)
 
     def next_logits(hidden: torch.Tensor) -> torch.Tensor:
         return head.visual_logits(hidden[:, -1])
@@ -170,26 +192,30 @@ def sample_images(
     cache = DynamicCache()
 
     codes = torch.empty((n, steps), dtype=torch.long, device=device)
-    logprobs = torch.empty((n, steps), dtype=torch.float32, device=device)
-    entropy = torch.empty((n, steps), dtype=torch.float32, device=device)
+    token_ids = torch.full((n, length), row_end if row_end is not None else 0, dtype=torch.long, device=device)
+    logprobs = torch.zeros((n, length), dtype=torch.float32, device=device)
+    entropy = torch.zeros((n, length), dtype=torch.float32, device=device)
+
+    def feed(token: torch.Tensor) -> torch.Tensor:
+        nonlocal mask, next_pos
+        token = token[:, None]
+        if use_cfg:
+            token = torch.cat([token, token])  # the uncond row follows the image its cond row draws
+        mask = torch.cat([mask, mask.new_ones((mask.size(0), 1))], dim=1)
+        out = head_forward(model, next_logits, token, mask, next_pos, keep=1, cache=cache, use_cache=True)
+        next_pos = next_pos + 1
+        return out
 
     logits = head_forward(model, next_logits, input_ids, mask, positions, keep=1, cache=cache, use_cache=True)
     next_pos = positions[:, -1:] + 1
     for t in tqdm(range(steps), desc="sampling tokens", disable=not progress, leave=False):
-        code, logprobs[:, t], entropy[:, t] = draw_from_logits(logits, n, config, uniforms[:, t])
-        codes[:, t] = code
+        code, lp, ent = draw_from_logits(logits, n, config, uniforms[:, t])
+        j = t + (t // w if row_end is not None else 0)  # completion position of draw t
+        codes[:, t], token_ids[:, j], logprobs[:, j], entropy[:, j] = code, code + vocab.offset, lp, ent
         if t == steps - 1:
             break
-        token = (code + vocab.offset)[:, None]
-        if use_cfg:
-            token = torch.cat([token, token])  # the uncond row follows the image its cond row draws
-        mask = torch.cat([mask, mask.new_ones((mask.size(0), 1))], dim=1)
-        logits = head_forward(model, next_logits, token, mask, next_pos, keep=1, cache=cache, use_cache=True)
-        next_pos = next_pos + 1
+        logits = feed(code + vocab.offset)
+        if row_end is not None and (t + 1) % w == 0:  # a row is complete: its end token is forced, not drawn
+            logits = feed(torch.full_like(code, row_end))
 
-    return Rollout(
-        codes=codes.view(n, h, w),
-        token_ids=codes + vocab.offset,
-        logprobs=logprobs,
-        entropy=entropy,
-    )
+    return Rollout(codes=codes.view(n, h, w), token_ids=token_ids, logprobs=logprobs, entropy=entropy)

@@ -14,7 +14,8 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from .guidance import SamplingConfig, entropy_from_logprobs, sampling_logprobs
-from .heads import HeadWeights, head_forward
+from .families import visual_head
+from .heads import head_forward
 from .sampler import left_pad
 from .vocab import VisualVocab
 
@@ -84,7 +85,8 @@ def guided_token_logprobs(
     """Log-probs and entropies ``[B, T]`` of completions under the distribution the sampler used.
 
     Cond and uncond rows are stacked into ONE forward (two forwards before one backward would
-    trip DDP), with explicit position ids, and only the visual slice of the head is evaluated.
+    trip DDP), with explicit position ids, and only the family's visual head is evaluated. Forced
+    row-end tokens (``vocab.row_end_id``) get log-prob and entropy 0.
     With ``cfg_scale == 1`` the uncond rows are skipped. ``fp32_head`` computes the visual head in
     float32 (pass the same value the sampler used).
     """
@@ -95,8 +97,9 @@ def guided_token_logprobs(
     rows = list(cond_prompts) + (list(uncond_prompts) if use_cfg else [])
     completion = torch.cat([completion_ids, completion_ids]) if use_cfg else completion_ids
     ids, mask = _prompt_plus_completion(rows, completion, pad_id)
-    head = HeadWeights(model, vocab, fp32=fp32_head)
-    codes = vocab.tokens_to_codes(completion_ids)
+    head = visual_head(model, vocab, fp32=fp32_head)
+    forced = vocab.forced(completion_ids)  # row-end tokens: fed, never drawn, so log-prob 0 and entropy 0
+    codes = vocab.tokens_to_codes(completion_ids.masked_fill(forced, vocab.offset))
 
     def chunk_scores(h_cond: torch.Tensor, h_uncond: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         cond = head.visual_logits(h_cond)
@@ -110,5 +113,5 @@ def guided_token_logprobs(
         h_cond, h_uncond = (hidden[:batch], hidden[batch:]) if use_cfg else (hidden, hidden)
         return torch.stack(map_position_chunks(chunk_scores, [h_cond, h_uncond, codes], chunk_size), dim=-1)
 
-    out = head_forward(model, scores, ids, mask, keep=length + 1)
+    out = head_forward(model, scores, ids, mask, keep=length + 1).masked_fill(forced[..., None], 0.0)
     return out[..., 0], out[..., 1]

@@ -44,9 +44,13 @@ class VisualVocab:
         codebook_size: number of visual codes (64,000 for Cosmos DV8x16x16).
         grid: ``(h, w)`` visual tokens per image; a completion is exactly ``h * w`` tokens.
         special_tokens: the added specials, in id order.
-        cond_template / uncond_template: prompt templates; ``{prefix}`` and ``{caption}`` are
-            replaced literally (no ``str.format``, so braces in captions are safe).
+        cond_template / uncond_template: prompt templates; ``{prefix}``, ``{caption}``, ``{height}``
+            and ``{width}`` (the grid) are replaced literally (no ``str.format``, so braces in
+            captions are safe).
         prompt_prefix: text inserted at ``{prefix}`` (SimpleAR used "A highly realistic image of ").
+        row_end_id: a structural token that ends every row of ``w`` codes (Emu3's end-of-line), or
+            None. It is forced, never sampled: log-prob 0 and no part of the loss. A completion
+            is then ``h * (w + 1)`` tokens.
     """
 
     text_vocab_size: int
@@ -56,6 +60,7 @@ class VisualVocab:
     cond_template: str = DEFAULT_COND_TEMPLATE
     uncond_template: str = DEFAULT_UNCOND_TEMPLATE
     prompt_prefix: str = ""
+    row_end_id: int | None = None
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
@@ -84,8 +89,20 @@ class VisualVocab:
 
     @property
     def num_image_tokens(self) -> int:
-        """Tokens in one image (``h * w``)."""
+        """Codes in one image (``h * w``)."""
         return self.grid[0] * self.grid[1]
+
+    @property
+    def completion_length(self) -> int:
+        """Tokens in one sampled completion: the codes, plus one forced row-end token per row if any."""
+        return self.num_image_tokens + (self.grid[0] if self.row_end_id is not None else 0)
+
+    def forced(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Boolean mask of the forced structural tokens (row ends) among ``tokens``."""
+        tokens = torch.as_tensor(tokens)
+        if self.row_end_id is None:
+            return torch.zeros_like(tokens, dtype=torch.bool)
+        return tokens == self.row_end_id
 
     def with_grid(self, grid: tuple[int, int]) -> "VisualVocab":
         """The same layout with another grid (e.g. 32x32 for 512 px, 64x64 for 1024 px)."""
@@ -138,13 +155,17 @@ class VisualVocab:
         return (tokens >= self.offset) & (tokens < self.vocab_size)
 
     # -------------------------------------------------------------- templates
+    def _format(self, template: str, caption: str) -> str:
+        grid = template.replace("{height}", str(self.grid[0])).replace("{width}", str(self.grid[1]))
+        return grid.replace("{prefix}", self.prompt_prefix).replace("{caption}", caption)
+
     def format_cond(self, caption: str) -> str:
         """The conditional prompt text for ``caption``."""
-        return self.cond_template.replace("{prefix}", self.prompt_prefix).replace("{caption}", caption)
+        return self._format(self.cond_template, caption)
 
     def format_uncond(self) -> str:
         """The unconditional prompt text (the same for every row)."""
-        return self.uncond_template.replace("{prefix}", self.prompt_prefix).replace("{caption}", "")
+        return self._format(self.uncond_template, "")
 
     # ---------------------------------------------------------- persistence
     def to_dict(self) -> dict[str, Any]:

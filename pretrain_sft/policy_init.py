@@ -19,6 +19,7 @@ from typing import Iterable
 from policies.loading import (
     Policy,
     check_model_folder,
+    checkpoint_family,
     extend_llm,
     load_policy,
     load_tokenizer,
@@ -43,9 +44,19 @@ def is_simplear_checkpoint(folder: Path) -> bool:
 
 
 def check_start_path(args: PolicyArguments) -> None:
-    """Fail before anything loads when ``model_name_or_path`` is neither ``tiny`` nor a model folder."""
+    """Fail before anything loads when ``model_name_or_path`` is neither ``tiny`` nor a model folder, or is a
+    checkpoint of a family these stages do not train (Janus, Emu3: GRPO, generate and eval only)."""
     if args.model_name_or_path != TINY:
-        check_model_folder(args.model_name_or_path, what="model_name_or_path")
+        folder = check_model_folder(args.model_name_or_path, what="model_name_or_path")
+        try:
+            family = checkpoint_family(folder)
+        except ValueError:
+            return  # a plain LLM of another type: extend_llm says what it accepts
+        if "pretrain" not in family.stages:
+            raise ValueError(
+                f"model_name_or_path {str(folder)!r} is a {family.name} checkpoint: pretraining and SFT train "
+                f"SimpleAR-style (qwen2) policies; {family.name} policies are trained with `simplear-rl grpo`"
+            )
 
 
 def init_policy(args: PolicyArguments, info: CacheInfo, captions: Iterable[str], seed: int = 0) -> Policy:

@@ -42,8 +42,8 @@ class ScriptArguments:
     prompt_column: str = field(default="prompt", metadata={"help": "Column holding the short caption."})
     long_prompt_column: str = field(default="long_prompt", metadata={"help": "Column holding the long caption."})
     max_train_prompts: int | None = field(default=None, metadata={"help": "Use only the first N training prompts."})
-    codec: str = field(default="cosmos", metadata={"help": "Visual codec: cosmos | palette."})
-    codec_path: str | None = field(default=None, metadata={"help": "Local Cosmos tokenizer folder (codec: cosmos)."})
+    codec: str = field(default="cosmos", metadata={"help": "Visual codec: cosmos | palette | vqvae (the VQ-VAE inside a Janus or Emu3 checkpoint)."})
+    codec_path: str | None = field(default=None, metadata={"help": "Local Cosmos tokenizer folder (codec: cosmos); a Janus / Emu3 checkpoint folder (codec: vqvae, default: the policy folder)."})
     codec_dtype: str | None = field(default=None, metadata={"help": "Codec dtype (default bf16 on GPU, fp32 on CPU)."})
     codec_levels: int = field(default=4, metadata={"help": "Palette codec: colour levels per channel."})
     codec_patch: int = field(default=8, metadata={"help": "Palette codec: pixels per patch side."})
@@ -115,6 +115,12 @@ class ImageGRPOConfig(GRPOConfig):
             "logged as rollout/compiles and rollout/compile_seconds) or auto (compiled on CUDA, eager on CPU).",
             "choices": list(ROLLOUT_BACKENDS),
         },
+    )
+    disable_dropout: bool = field(
+        default=True,
+        metadata={"help": "No dropout in the policy (and reference): TRL's dropout modules AND the attention dropout "
+                  "that decoders apply functionally (Emu3's text model has 0.1). With dropout the sampler and the "
+                  "trainer draw different masks and their log-probs disagree. TRL's default is false."},
     )
     fp32_visual_head: bool = field(
         default=True,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -52,11 +53,25 @@ def check_paths(script: ScriptArguments, model_args: ModelConfig) -> None:
             raise FileNotFoundError(f"codec_path {script.codec_path!r} is not a folder")
 
 
-def build_codec_for(script: ScriptArguments, device: str | None = None):
-    """The recipe's codec (``cosmos`` from ``codec_path``, or the weight-free ``palette``)."""
+def build_codec_for(script: ScriptArguments, device: str | None = None, model_path: str | None = None):
+    """The recipe's codec: ``cosmos`` from ``codec_path``, the weight-free ``palette``, or ``vqvae`` (the VQ-VAE
+    inside a Janus / Emu3 checkpoint: ``codec_path``, by default the policy folder)."""
     if script.codec == "palette":
         return build_codec("palette", levels=script.codec_levels, patch=script.codec_patch)
-    return build_codec(script.codec, path=script.codec_path, device=device, dtype=script.codec_dtype)
+    path = script.codec_path or (model_path if script.codec == "vqvae" else None)
+    return build_codec(script.codec, path=path, device=device, dtype=script.codec_dtype)
+
+
+def scoped_peft_config(model_args: ModelConfig, policy: Policy):
+    """TRL's LoRA config, with its target modules restricted to the family's language model (a Janus or Emu3
+    checkpoint also holds vision / VQ modules named ``q_proj``, ``fc1``, ...)."""
+    config = get_peft_config(model_args)
+    scope = policy.family.lora_scope
+    if config is None or scope is None or isinstance(config.target_modules, str):
+        return config
+    names = "|".join(re.escape(name) for name in sorted(config.target_modules))
+    config.target_modules = rf"{re.escape(scope)}\..*\.({names})"
+    return config
 
 
 def prompt_words(*tables) -> list[str]:
@@ -114,8 +129,9 @@ def build_trainer(script: ScriptArguments, args: ImageGRPOConfig, model_args: Mo
         if script.eval_prompts else None
     )
     reward_suite = build_rewards(args.rewards, device=PartialState().device, aggregation=args.reward_aggregation)
-    codec = build_codec_for(script)
+    codec = build_codec_for(script, model_path=model_args.model_name_or_path)
     policy = build_policy(script, model_args, args.output_dir, codec, prompt_words(train, evaluation))
+    policy.family.prepare_for_training(policy.model)
     return ImageGRPOTrainer(
         policy=policy,
         codec=codec,
@@ -123,7 +139,7 @@ def build_trainer(script: ScriptArguments, args: ImageGRPOConfig, model_args: Mo
         args=args,
         train_dataset=train,
         eval_dataset=evaluation,
-        peft_config=get_peft_config(model_args),
+        peft_config=scoped_peft_config(model_args, policy),
         callbacks=callbacks,
     )
 

@@ -78,14 +78,14 @@ class ImageGRPOTrainer(GRPOTrainer):
         for dataset in (train_dataset, eval_dataset):
             if dataset is not None:
                 rewards.validate_columns(set(dataset.column_names))
-        if args.max_completion_length != vocab.num_image_tokens:
-            logger.info("max_completion_length set to the grid size %d", vocab.num_image_tokens)
-            args.max_completion_length = vocab.num_image_tokens
+        if args.max_completion_length != vocab.completion_length:
+            logger.info("max_completion_length set to the completion length %d", vocab.completion_length)
+            args.max_completion_length = vocab.completion_length
         args.reward_weights = list(rewards.weights)
         args.multi_objective_aggregation = "sum_then_normalize" if rewards.aggregation == "sum" else "normalize_then_sum"
         self.vocab = vocab
         # The policy as trained here (recipe templates applied): prompt encoding goes through it.
-        self.policy = Policy(model=policy.model, tokenizer=policy.tokenizer, vocab=vocab)
+        self.policy = Policy(model=policy.model, tokenizer=policy.tokenizer, vocab=vocab, family=policy.family)
         self.reward_suite = rewards
         self.sampling = args.sampling_config()
         #: What rollouts sample with; the same as :attr:`sampling` (which scoring uses) unless a test changes it.
@@ -116,7 +116,11 @@ class ImageGRPOTrainer(GRPOTrainer):
         # TRL sets up no vLLM engine.
         self._sampler_correction = bool(args.vllm_importance_sampling_correction)
         self.codec = codec.to(self.accelerator.device)
-        self._uncond_ids = self.policy.encode_uncond()
+        if self.ref_model is not None:  # TRL builds it from the checkpoint: give it the family's id space too
+            policy.family.adapt_model(self.ref_model)
+        if args.disable_dropout:  # TRL zeroes nn.Dropout modules; attention dropout is a float the layers read
+            for model in (self.model, self.ref_model):
+                disable_attention_dropout(model)
         self._pad_id = self.policy.pad_id
         self._pending_rollout: dict | None = None
         self._rollout_global_step = -1
@@ -174,7 +178,7 @@ class ImageGRPOTrainer(GRPOTrainer):
             # One region: the eager backend casts each weight to bf16 once per rollout (a compiled step in its graph).
             with self._rollout_autocast():
                 rollout = sample_images(
-                    unwrapped, self.vocab, prompt_ids, self._uncond_ids, self.rollout_sampling, seeds,
+                    unwrapped, self.vocab, prompt_ids, self.policy.uncond_prompts(prompt_ids), self.rollout_sampling, seeds,
                     pad_id=self._pad_id, fp32_head=self.args.fp32_visual_head, backend=self.args.rollout_backend,
                 )
             images = to_unit(self.codec.decode(rollout.codes))
@@ -198,7 +202,10 @@ class ImageGRPOTrainer(GRPOTrainer):
         completions = [f"<image {h}x{w}>"] * len(prompts)
         extra_fields = {"images": list(images)}
         sampling_logps = rollout.logprobs.tolist() if self._sampler_correction else None
-        return prompt_ids, rollout.token_ids.tolist(), None, completions, sampling_logps, extra_fields, None, []
+        # Forced structural tokens (row ends) stay in the sequence but out of the loss: TRL's tool mask does that.
+        forced = self.vocab.forced(rollout.token_ids)
+        loss_mask = (~forced).int().tolist() if bool(forced.any()) else None
+        return prompt_ids, rollout.token_ids.tolist(), loss_mask, completions, sampling_logps, extra_fields, None, []
 
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
         rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
@@ -225,6 +232,8 @@ class ImageGRPOTrainer(GRPOTrainer):
         ``sampling/importance_sampling_ratio/{min,mean,max}``."""
         args = self.args
         mask = output["completion_mask"].bool()
+        if "tool_mask" in output:
+            mask = mask & output["tool_mask"].bool()
         diff = (output["old_per_token_logps"] - output["sampling_per_token_logps"]).masked_fill(~mask, 0.0)
         low = args.vllm_importance_sampling_clip_min if args.vllm_importance_sampling_clip_min is not None else -math.inf
         high = args.vllm_importance_sampling_clip_max if args.vllm_importance_sampling_clip_max is not None else math.inf
@@ -330,7 +339,7 @@ class ImageGRPOTrainer(GRPOTrainer):
                     model,
                     self.vocab,
                     cond,
-                    [self._uncond_ids] * len(cond),
+                    self.policy.uncond_prompts(cond),
                     completion[start : start + len(cond)],
                     self.sampling,
                     pad_id=self._pad_id,
@@ -346,12 +355,21 @@ class ImageGRPOTrainer(GRPOTrainer):
         if self.state.global_step != self._rollout_global_step or SAMPLER_LOGPS_KEY not in inputs:
             return
         mask = inputs["completion_mask"].bool()
+        if "tool_mask" in inputs:  # forced row-end tokens are not scored
+            mask = mask & inputs["tool_mask"].bool()
         gap = (logps.detach().float() - inputs[SAMPLER_LOGPS_KEY].float()).abs()[mask]
         stats = torch.stack([gap.sum(), torch.tensor(float(gap.numel()), device=gap.device), gap.max() if gap.numel() else gap.new_zeros(())])
         gathered = self.accelerator.gather(stats.unsqueeze(0))
         mode = "train" if self.model.training else "eval"
         self._metrics[mode]["sampling/logprob_gap/mean"].append((gathered[:, 0].sum() / gathered[:, 1].sum().clamp(min=1)).item())
         self._metrics[mode]["sampling/logprob_gap/max"].append(gathered[:, 2].max().item())
+
+
+def disable_attention_dropout(model: torch.nn.Module | None) -> None:
+    """Set the attention-dropout probability every attention layer keeps (``module.attention_dropout``) to 0."""
+    for module in model.modules() if model is not None else ():
+        if isinstance(getattr(module, "attention_dropout", None), float):
+            module.attention_dropout = 0.0
 
 
 def check_trainable_dtypes(model: torch.nn.Module, args: ImageGRPOConfig) -> None:

@@ -108,3 +108,24 @@ def write_plugin_dist(site: Path, dist: str, entry_points: dict[str, str]) -> No
     (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 0.1\n")
     lines = "\n".join(f"{name} = {value}" for name, value in entry_points.items())
     (info / "entry_points.txt").write_text(f"[{registry.ENTRY_POINT_GROUP}]\n{lines}\n")
+
+
+def score_with_cli(tmp_path: Path, pictures: torch.Tensor, captions: list[str], spec_line: str, name: str) -> torch.Tensor:
+    """Save ``pictures`` as PNGs, score them with ``simplear-rl rewards score`` and a one-reward spec; returns the
+    reward ``name``'s scores (as the CLI wrote them)."""
+    from PIL import Image
+
+    from rewards import cli
+
+    images = tmp_path / "images"
+    images.mkdir()
+    for i, picture in enumerate(pictures):
+        Image.fromarray((picture.permute(1, 2, 0) * 255).round().byte().numpy()).save(images / f"{i}.png")
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("".join(f"{c}\n" for c in captions))
+    spec = tmp_path / "rewards.yaml"
+    spec.write_text(f"rewards:\n  - {spec_line}\n")
+    out = tmp_path / "scores.jsonl"
+    argv = ["score", "--rewards", str(spec), "--images", str(images), "--prompts", str(prompts), "--out", str(out)]
+    assert cli.main(argv) == 0
+    return torch.tensor([json.loads(line)[name] for line in out.read_text().splitlines()])

@@ -11,7 +11,7 @@ from policies.codecs import (
 
 
 def test_available_codecs_lists_palette_and_cosmos():
-    assert available_codecs() == ("cosmos", "palette")
+    assert available_codecs() == ("cosmos", "palette", "vqvae")
 
 
 def test_build_palette_passes_its_options():

@@ -11,7 +11,7 @@ import pytest
 import torch
 from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from PIL import Image
-from rewards_helpers import TINY_ARCH, tiny_weights  # noqa: F401  (fixture)
+from rewards_helpers import TINY_ARCH, score_with_cli, tiny_weights  # noqa: F401  (fixture)
 from torch import nn
 from torchvision import transforms as T
 
@@ -145,17 +145,8 @@ def test_missing_files_fail_before_any_model_loads(weights, tmp_path):
 
 def test_cli_score_with_an_aesthetic_recipe(weights, tmp_path):
     clip, head, _ = weights
-    images = tmp_path / "images"
-    images.mkdir()
     pictures = _images(64, 64, 2)
-    for i, picture in enumerate(pictures):
-        Image.fromarray((picture.permute(1, 2, 0) * 255).round().byte().numpy()).save(images / f"{i}.png")
-    prompts = tmp_path / "prompts.txt"
-    prompts.write_text("first\nsecond\n")
-    spec = tmp_path / "rewards.yaml"
-    spec.write_text(f"rewards:\n  - {{name: aesthetic, checkpoint: '{head}', clip_checkpoint: '{clip}', arch: {WIDE_ARCH}}}\n")
-    out = tmp_path / "scores.jsonl"
-    assert cli.main(["score", "--rewards", str(spec), "--images", str(images), "--prompts", str(prompts), "--out", str(out)]) == 0
-    got = torch.tensor([json.loads(line)["aesthetic"] for line in out.read_text().splitlines()])
-    saved = torch.stack([cli.load_image(images / f"{i}.png") for i in range(2)])
+    spec = f"{{name: aesthetic, checkpoint: '{head}', clip_checkpoint: '{clip}', arch: {WIDE_ARCH}}}"
+    got = score_with_cli(tmp_path, pictures, ["first", "second"], spec, "aesthetic")
+    saved = torch.stack([cli.load_image(tmp_path / "images" / f"{i}.png") for i in range(2)])
     torch.testing.assert_close(got, _reference(clip, head, saved), atol=1e-5, rtol=0)

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from rewards_helpers import score_with_cli
 from tokenizers import pre_tokenizers
 from transformers import (
     AutoModel,
@@ -154,18 +155,9 @@ def test_folder_that_is_not_a_clip_model_is_named(folders, tmp_path):
 
 def test_cli_score_with_a_pickscore_recipe(folders, tmp_path):
     together, _, _ = folders
-    images = tmp_path / "images"
-    images.mkdir()
     pictures = _images([(64, 64), (64, 64)])
-    for i, picture in enumerate(pictures):
-        Image.fromarray((picture.permute(1, 2, 0) * 255).round().byte().numpy()).save(images / f"{i}.png")
-    prompts = tmp_path / "prompts.txt"
-    prompts.write_text("a red square\ntwo blue circles\n")
-    spec = tmp_path / "rewards.yaml"
-    spec.write_text(f"rewards:\n  - {{name: pickscore, checkpoint: '{together}'}}\n")
-    out = tmp_path / "scores.jsonl"
-    assert cli.main(["score", "--rewards", str(spec), "--images", str(images), "--prompts", str(prompts), "--out", str(out)]) == 0
-    got = torch.tensor([json.loads(line)["pickscore"] for line in out.read_text().splitlines()])
+    got = score_with_cli(tmp_path, pictures, ["a red square", "two blue circles"], f"{{name: pickscore, checkpoint: '{together}'}}",
+                         "pickscore")
     expected = _reference(together, together, pictures, ["a red square", "two blue circles"])
     torch.testing.assert_close(got, expected, atol=1e-4, rtol=0)
 

@@ -44,3 +44,21 @@ def test_missing_reward_checkpoint_is_named_after_the_policy_and_codec_paths_pas
     assert grpo_main(argv) == 2
     err = capsys.readouterr().err
     assert "open_clip_pytorch_model.bin" in err and "does not exist" in err
+
+
+FAMILIES = {
+    "janus_pro_1b": dict(cfg_scale=5.0, temperature=1.0, num_generations=8, beta=0.01, lr=1e-6, resolution=384),
+    "emu3": dict(cfg_scale=3.0, temperature=1.0, num_generations=8, beta=0.01, lr=1e-6, resolution=720),
+}
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_family_recipes_carry_their_published_settings_and_name_the_placeholder_path(family, capsys):
+    recipe = REPO / "recipes" / family / "grpo_clip.yaml"
+    want = FAMILIES[family]
+    script, args, model = build_parser().parse_args_and_config(["--config", str(recipe), "--bf16", "false"])
+    assert (args.cfg_scale, args.temperature, args.logprob_mode) == (want["cfg_scale"], want["temperature"], "guided")
+    assert (args.num_generations, args.beta, args.learning_rate) == (want["num_generations"], want["beta"], want["lr"])
+    assert script.codec == "vqvae" and script.resolution == want["resolution"]
+    assert grpo_main(["--config", str(recipe), "--bf16", "false"]) == 2
+    assert f"'{model.model_name_or_path}' does not exist" in capsys.readouterr().err

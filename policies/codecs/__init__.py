@@ -1,7 +1,8 @@
 """Visual codecs: pixels <-> grids of discrete codes, selected by name from a recipe.
 
 ``codec: palette`` is weight-free (demo and tests); ``codec: cosmos`` with ``codec_path: <folder>``
-loads Cosmos-1.0-Tokenizer-DV8x16x16 from its local TorchScript files.
+loads Cosmos-1.0-Tokenizer-DV8x16x16 from its local TorchScript files; ``codec: vqvae`` with
+``codec_path: <checkpoint folder>`` uses the VQ-VAE inside a Janus(-Pro) or Emu3 checkpoint.
 """
 
 from __future__ import annotations
@@ -15,11 +16,13 @@ from .base import VisualCodec, check_codec_matches
 from .cosmos import CosmosCodec
 from .fsq import FSQ
 from .palette import PaletteCodec
+from .vqvae import VQ_CLASSES, VQVAECodec
 
 __all__ = [
     "CosmosCodec",
     "FSQ",
     "PaletteCodec",
+    "VQVAECodec",
     "VisualCodec",
     "available_codecs",
     "build_recorded_codec",
@@ -44,7 +47,20 @@ def _build_cosmos(path, device, dtype, **kwargs) -> VisualCodec:
     return CosmosCodec(path, device=device, dtype=dtype, **kwargs)
 
 
-_BUILDERS: dict[str, Callable[..., VisualCodec]] = {"palette": _build_palette, "cosmos": _build_cosmos}
+def _build_vqvae(path, device, dtype, **kwargs) -> VisualCodec:
+    if path is None:
+        raise ValueError(
+            "codec_path is required when codec: vqvae; set it to a local checkpoint folder of one of the model "
+            f"types {', '.join(sorted(VQ_CLASSES))} (its config.json and safetensors hold the VQ-VAE)."
+        )
+    return VQVAECodec(path, device=device, dtype=dtype, **kwargs)
+
+
+_BUILDERS: dict[str, Callable[..., VisualCodec]] = {
+    "palette": _build_palette,
+    "cosmos": _build_cosmos,
+    "vqvae": _build_vqvae,
+}
 
 
 def available_codecs() -> tuple[str, ...]:
@@ -72,16 +88,23 @@ def build_codec(
 def codec_record(codec: VisualCodec) -> dict[str, Any]:
     """What a checkpoint records about its codec, so loaders can rebuild it without a flag.
 
-    Paths are machine-specific and never recorded (a Cosmos codec still needs ``codec_path``).
+    Paths are machine-specific and mostly not recorded (a Cosmos codec still needs ``codec_path``); a VQ-VAE
+    codec records its checkpoint folder, which a ``path`` given to :func:`build_recorded_codec` overrides.
     """
     if isinstance(codec, PaletteCodec):
         return {"name": "palette", "levels": codec.levels, "patch": codec.patch}
     if isinstance(codec, CosmosCodec):
         return {"name": "cosmos"}
+    if isinstance(codec, VQVAECodec):
+        return {"name": "vqvae", "path": str(codec.path)}
     return {"name": type(codec).__name__}
 
 
 def build_recorded_codec(record: dict[str, Any], path=None, device=None, dtype=None) -> VisualCodec:
-    """Rebuild a codec from :func:`codec_record`'s dict (plus the local ``path`` a Cosmos codec needs)."""
-    options = {k: v for k, v in record.items() if k != "name"}
+    """Rebuild a codec from :func:`codec_record`'s dict (plus the local ``path`` a Cosmos codec needs).
+
+    ``path`` overrides a recorded one.
+    """
+    options = {k: v for k, v in record.items() if k not in ("name", "path")}
+    path = path if path is not None else record.get("path")
     return build_codec(record["name"], path=path, device=device, dtype=dtype, **options)
