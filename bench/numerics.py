@@ -169,7 +169,7 @@ def step_times(master: nn.Module, bf16_model: nn.Module, rows: int, contexts: li
     """
     from transformers import DynamicCache
 
-    from policies.heads import visual_head, visual_logits
+    from policies.heads import visual_logits
 
     vocab = VisualVocab(text_vocab_size=TEXT_VOCAB, codebook_size=CODEBOOK, grid=(1, 1))
     ids = torch.randint(1_000, 150_000, (rows, 30), generator=torch.Generator().manual_seed(2))
@@ -193,7 +193,7 @@ def step_times(master: nn.Module, bf16_model: nn.Module, rows: int, contexts: li
                         layer.values = torch.randn(shape, generator=gen).to(v.dtype)
                 kv_bytes = sum(la.keys.nbytes + la.values.nbytes for la in cache.layers)
                 kv_dtypes = f"K {str(cache.layers[0].keys.dtype)[6:]}, V {str(cache.layers[0].values.dtype)[6:]}"
-                weight, bias = visual_head(model, vocab)
+                weight, bias = HeadWeights(model, vocab).visual_rows()
                 if fp32_head:
                     weight = weight.float()  # as sample_images does once per call
                 token = ids[:, :1]

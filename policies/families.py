@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from .heads import HeadWeights, unwrap_causal_lm
-from .vocab import VisualVocab
+from .vocab import VisualVocab, stored_layout
 
 
 class PolicyFamily:
@@ -45,6 +45,8 @@ class PolicyFamily:
     frozen: ClassVar[tuple[str, ...]] = ()
     #: The guidance scale the family's authors sample with (generate/eval's default).
     default_cfg_scale: ClassVar[float] = 6.0
+    #: Whether the checkpoint holds its own VQ-VAE (the ``vqvae`` codec decodes with it).
+    own_vqvae: ClassVar[bool] = False
 
     # ------------------------------------------------------------------ loading
     def load_model(self, folder: Path, dtype: torch.dtype) -> nn.Module:
@@ -57,12 +59,8 @@ class PolicyFamily:
     def resolve_layout(self, model: nn.Module, tokenizer: Any, codebook_size: int | None = None,
                        grid: tuple[int, int] | None = None) -> VisualVocab:
         """The layout a checkpoint records (``grid`` overrides its grid), else :meth:`layout`."""
-        stored = VisualVocab.from_config(model.config)
-        if stored is None:
-            return self.layout(model, tokenizer, codebook_size, grid)
-        if codebook_size is not None and codebook_size != stored.codebook_size:
-            raise ValueError(f"checkpoint records codebook_size {stored.codebook_size}, but {codebook_size} was asked")
-        return stored if grid is None else stored.with_grid(grid)
+        stored = stored_layout(model.config, codebook_size, grid)
+        return stored if stored is not None else self.layout(model, tokenizer, codebook_size, grid)
 
     def adapt_model(self, model: nn.Module) -> nn.Module:
         """Make a loaded model of this family take ``offset + code`` ids (a no-op where it already does)."""
@@ -91,7 +89,7 @@ class PolicyFamily:
     # ------------------------------------------------------------------- pixels
     def default_codec(self, folder: str | Path | None) -> dict | None:
         """The codec record to decode with when neither the recipe nor the checkpoint names one."""
-        return None
+        return {"name": "vqvae", "path": str(folder)} if self.own_vqvae and folder is not None else None
 
 
 class SimpleARFamily(PolicyFamily):
@@ -168,6 +166,7 @@ class JanusFamily(PolicyFamily):
     name = "janus"
     model_types = ("janus",)
     default_cfg_scale = 5.0
+    own_vqvae = True
     lora_scope = "model.language_model"
     frozen = ("model.vqmodel.", "model.vision_model.", "model.aligner.")
 
@@ -202,9 +201,6 @@ class JanusFamily(PolicyFamily):
     def visual_head(self, model, vocab, fp32=False, frozen=False):
         return GenerationHead(model, vocab, fp32=fp32)
 
-    def default_codec(self, folder):
-        return {"name": "vqvae", "path": str(folder)} if folder is not None else None
-
 
 # ---------------------------------------------------------------------------------------------- Emu3
 
@@ -221,6 +217,7 @@ class Emu3Family(PolicyFamily):
     name = "emu3"
     model_types = ("emu3",)
     default_cfg_scale = 3.0  # Emu3's image_generation.py
+    own_vqvae = True
     lora_scope = "model.text_model"
     frozen = ("model.vqmodel.",)
 
@@ -249,9 +246,6 @@ class Emu3Family(PolicyFamily):
             uncond_template=EMU3_UNCOND_TEMPLATE,
             row_end_id=vocab_map[EMU3_ROW_END],
         )
-
-    def default_codec(self, folder):
-        return {"name": "vqvae", "path": str(folder)} if folder is not None else None
 
 
 FAMILIES: tuple[PolicyFamily, ...] = (SimpleARFamily(), JanusFamily(), Emu3Family())

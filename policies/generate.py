@@ -9,7 +9,6 @@ each row draws from its own seeded stream.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +27,7 @@ from .commands import CommandParser, command
 from .dtypes import resolve_dtype
 from .guidance import SamplingConfig
 from .images import captioned_grid, save_png, to_pil
-from .loading import Policy, check_model_folder, checkpoint_family, load_policy
+from .loading import Policy, check_model_folder, checkpoint_config, checkpoint_family, load_policy
 from .records import read_records, write_jsonl
 from .rendering import render
 from .sampler import ROLLOUT_BACKENDS
@@ -137,11 +136,7 @@ class Setup:
 
 def recorded_codec(model: str | Path) -> dict | None:
     """The codec a checkpoint records in its config (read without loading the model)."""
-    config = Path(model) / "config.json"
-    try:
-        layout = json.loads(config.read_text(encoding="utf-8")).get(CONFIG_KEY) or {}
-    except (OSError, json.JSONDecodeError):
-        return None
+    layout = checkpoint_config(model).get(CONFIG_KEY) or {}
     return (layout.get("extra") or {}).get("codec")
 
 
@@ -162,9 +157,11 @@ def build_setup(args: argparse.Namespace, log) -> Setup:
     """Load (or build) the policy and the codec, and check that they fit together."""
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     resolve_dtype(args.dtype, device)  # an unknown name is reported before anything loads
+    family = None
     if args.model is not None:
         check_model_folder(args.model)  # a missing checkpoint is reported before anything loads
-    default_cfg = TINY_CFG_SCALE if args.model is None else checkpoint_family(Path(args.model)).default_cfg_scale
+        family = checkpoint_family(args.model)
+    default_cfg = TINY_CFG_SCALE if family is None else family.default_cfg_scale
     config = SamplingConfig(  # checked before anything loads
         cfg_scale=default_cfg if args.cfg_scale is None else args.cfg_scale,
         temperature=args.temperature,
@@ -181,7 +178,7 @@ def build_setup(args: argparse.Namespace, log) -> Setup:
         policy.model.to(device=device, dtype=resolve_dtype(args.dtype, device, policy.model.config.hidden_size))
     else:
         codec_dtype = None if args.dtype == "auto" else args.dtype
-        choice = codec_choice(args, recorded_codec(args.model), checkpoint_family(Path(args.model)).default_codec(args.model))
+        choice = codec_choice(args, recorded_codec(args.model), family.default_codec(args.model))
         # A Janus / Emu3 checkpoint carries its own (frozen) VQ-VAE: decode with the one in the folder being sampled.
         path = args.codec_path or (args.model if choice["name"] == "vqvae" else None)
         codec = build_recorded_codec(choice, path=path, device=device, dtype=codec_dtype)

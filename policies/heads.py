@@ -70,16 +70,6 @@ def visual_head_rows(model: nn.Module, vocab: VisualVocab) -> tuple[nn.Parameter
     return head.weight, getattr(head, "bias", None), slice(vocab.offset, vocab.vocab_size)
 
 
-def visual_head(model: nn.Module, vocab: VisualVocab) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """``(weight[K, H], bias[K] | None)``: views of the head rows of the visual codes.
-
-    Reads the weight directly: use it only where the weights are whole and not sharded (the compiled
-    sampler, benchmarks). Scoring and the eager sampler use :class:`HeadWeights` in :func:`head_forward`.
-    """
-    weight, bias, rows = visual_head_rows(model, vocab)
-    return weight[rows], bias[rows] if bias is not None else None
-
-
 class HeadWeights:
     """The output head's weights, read at CALL time: use it inside :func:`head_forward`'s ``fn``.
 

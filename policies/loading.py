@@ -20,7 +20,7 @@ from transformers import (
 from .dtypes import resolve_dtype
 from .families import PolicyFamily, SimpleARFamily, family_for_model_type
 from .sharding import full_shape, gathered_for_edit
-from .vocab import SIMPLEAR_SPECIAL_TOKENS, VisualVocab, check_model_vocab
+from .vocab import SIMPLEAR_SPECIAL_TOKENS, VisualVocab, check_model_vocab, stored_layout
 
 logger = logging.getLogger(__name__)
 
@@ -88,7 +88,9 @@ def check_model_folder(path: str | Path, what: str = "policy checkpoint") -> Pat
     return folder
 
 
-def _checkpoint_config(folder: Path) -> dict:
+def checkpoint_config(folder: str | Path) -> dict:
+    """A checkpoint folder's ``config.json`` as a dict, read without loading the model ({} if unreadable)."""
+    folder = Path(folder)
     try:
         return json.loads((folder / "config.json").read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError):
@@ -97,13 +99,13 @@ def _checkpoint_config(folder: Path) -> dict:
 
 def checkpoint_hidden_size(folder: Path) -> int | None:
     """The hidden size ``config.json`` records (at the top or in ``text_config``), read without loading the model."""
-    config = _checkpoint_config(folder)
+    config = checkpoint_config(folder)
     return config.get("hidden_size") or (config.get("text_config") or {}).get("hidden_size")
 
 
-def checkpoint_family(folder: Path) -> PolicyFamily:
+def checkpoint_family(folder: str | Path) -> PolicyFamily:
     """The policy family of a checkpoint folder, from its ``model_type`` (read without loading the model)."""
-    return family_for_model_type(_checkpoint_config(folder).get("model_type"))
+    return family_for_model_type(checkpoint_config(folder).get("model_type"))
 
 
 def load_tokenizer(folder: Path) -> PreTrainedTokenizerBase:
@@ -130,12 +132,8 @@ def recover_vocab(
     last of the 7 specials (151,672), checked against the model's row count.
     """
     rows = full_shape(model.get_input_embeddings().weight)[0]  # not the local shard under ZeRO-3
-    stored = VisualVocab.from_config(model.config)
-    if stored is not None:
-        vocab = stored if grid is None else stored.with_grid(grid)
-        if codebook_size is not None and codebook_size != vocab.codebook_size:
-            raise ValueError(f"checkpoint records codebook_size {vocab.codebook_size}, but {codebook_size} was asked")
-    else:
+    vocab = stored_layout(model.config, codebook_size, grid)
+    if vocab is None:
         ids = tokenizer.convert_tokens_to_ids(list(SIMPLEAR_SPECIAL_TOKENS))
         missing = [t for t, i in zip(SIMPLEAR_SPECIAL_TOKENS, ids) if i is None or i == tokenizer.unk_token_id]
         if missing:

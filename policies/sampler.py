@@ -178,7 +178,7 @@ def sample_images(
         return sample_compiled(model, vocab, rows, config, seeds, pad_id, (h, w), progress, fp32_head, min_bucket)
     steps = h * w
     row_end = vocab.row_end_id
-    length = steps + (h if row_end is not None else 0)
+    length = vocab.with_grid((h, w)).completion_length
     # Every step is a forward of the outermost module whose head computes only the last position's visual
     # logits: sharding engines (FSDP2) see an ordinary forward and gather what it needs.
     head = visual_head(model, vocab, fp32=fp32_head, frozen=True)

@@ -199,6 +199,19 @@ class VisualVocab:
         return None if d is None else cls.from_dict(d)
 
 
+def stored_layout(config: Any, codebook_size: int | None = None, grid: tuple[int, int] | None = None) -> VisualVocab | None:
+    """The layout a checkpoint's config records (``grid`` overrides its grid), or None if it records none.
+
+    A ``codebook_size`` other than the recorded one is refused, naming both.
+    """
+    stored = VisualVocab.from_config(config)
+    if stored is None:
+        return None
+    if codebook_size is not None and codebook_size != stored.codebook_size:
+        raise ValueError(f"checkpoint records codebook_size {stored.codebook_size}, but {codebook_size} was asked")
+    return stored if grid is None else stored.with_grid(grid)
+
+
 def check_model_vocab(model_vocab_size: int, vocab: VisualVocab, where: str = "model") -> None:
     """Fail fast when the model's rows do not equal text vocab + codebook, naming all numbers."""
     if model_vocab_size != vocab.vocab_size:

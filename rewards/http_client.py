@@ -22,6 +22,8 @@ import urllib.parse
 import urllib.request
 from typing import Any
 
+from .errors import RewardConfigError
+
 #: Seconds before the first retry; doubled for each further one, capped at MAX_BACKOFF_S.
 BACKOFF_S = 0.25
 MAX_BACKOFF_S = 2.0
@@ -51,6 +53,20 @@ def check_base_url(url: Any, what: str) -> str:
     except ValueError as exc:
         raise ValueError(f"{what}: url {url!r} has a bad port: {exc}") from exc
     return text.rstrip("/")
+
+
+def reward_service(reward: str, url: Any, timeout: Any, retries: Any) -> JsonService:
+    """The service behind a reward's ``url`` / ``timeout`` / ``retries`` parameters, checked first:
+    :class:`~rewards.errors.RewardConfigError` names the reward and the parameter that is wrong."""
+    try:
+        base_url = check_base_url(url, f"reward {reward!r}")
+    except ValueError as exc:
+        raise RewardConfigError(str(exc)) from None
+    if not (isinstance(timeout, (int, float)) and timeout > 0):
+        raise RewardConfigError(f"reward {reward!r}: timeout must be a positive number of seconds, got {timeout!r}")
+    if not (isinstance(retries, int) and retries >= 0):
+        raise RewardConfigError(f"reward {reward!r}: retries must be an integer >= 0, got {retries!r}")
+    return JsonService(base_url, timeout=timeout, retries=retries)
 
 
 def is_loopback(host: str) -> bool:

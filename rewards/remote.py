@@ -24,7 +24,7 @@ import torch
 
 from .base import Reward
 from .errors import RewardConfigError, RewardScoreError
-from .http_client import JsonService, ServiceError, check_base_url
+from .http_client import ServiceError, reward_service
 from .png import to_base64_png
 from .registry import register_reward
 
@@ -78,16 +78,9 @@ class RemoteReward(Reward):
         batch_size: int | None = None,
     ):
         super().__init__(batch_size=batch_size)
-        try:
-            self.url = check_base_url(url, "reward 'remote'")
-        except ValueError as exc:
-            raise RewardConfigError(str(exc)) from None
-        if not (isinstance(timeout, (int, float)) and timeout > 0):
-            raise RewardConfigError(f"reward 'remote': timeout must be a positive number of seconds, got {timeout!r}")
-        if not (isinstance(retries, int) and retries >= 0):
-            raise RewardConfigError(f"reward 'remote': retries must be an integer >= 0, got {retries!r}")
+        self.service = reward_service("remote", url, timeout, retries)
+        self.url = self.service.base_url
         self.requested = parse_requested(rewards)
-        self.service = JsonService(self.url, timeout=timeout, retries=retries)
         served = self._served_rewards(batch_size_set=batch_size is not None)
         fields = sorted({f for name in self.requested for f in served[name].get("required_fields", [])})
         self.required_fields = tuple(fields)

@@ -29,7 +29,7 @@ import torch
 
 from .base import Reward
 from .errors import RewardConfigError, RewardScoreError
-from .http_client import JsonService, ServiceError, check_base_url
+from .http_client import ServiceError, reward_service
 from .png import to_base64_png
 from .registry import register_reward
 
@@ -91,15 +91,11 @@ class VLMJudgeReward(Reward):
         batch_size: int | None = None,
     ):
         super().__init__(batch_size=batch_size)
-        try:
-            self.url = check_base_url(url, "reward 'vlm_judge'")
-        except ValueError as exc:
-            raise RewardConfigError(str(exc)) from None
+        self.service = reward_service("vlm_judge", url, timeout, retries)
+        self.url = self.service.base_url
         checks = [
             (isinstance(model, str) and model, f"model must be the served model's name, got {model!r}"),
             (isinstance(template, str) and template.strip(), f"template must be a question, got {template!r}"),
-            (isinstance(timeout, (int, float)) and timeout > 0, f"timeout must be a positive number, got {timeout!r}"),
-            (isinstance(retries, int) and retries >= 0, f"retries must be an integer >= 0, got {retries!r}"),
             (isinstance(max_tokens, int) and max_tokens >= 1, f"max_tokens must be an integer >= 1, got {max_tokens!r}"),
             (isinstance(top_logprobs, int) and top_logprobs >= 0,
              f"top_logprobs must be an integer >= 0, got {top_logprobs!r}"),
@@ -111,7 +107,6 @@ class VLMJudgeReward(Reward):
                 raise RewardConfigError(f"reward 'vlm_judge': {problem}")
         self.model, self.template = model, template
         self.max_tokens, self.top_logprobs, self.unclear_score = max_tokens, top_logprobs, unclear_score
-        headers = {}
         if api_key_env:
             key = os.environ.get(api_key_env)
             if not key:
@@ -119,8 +114,7 @@ class VLMJudgeReward(Reward):
                     f"reward 'vlm_judge': api_key_env names the environment variable {api_key_env!r}, which is not set; "
                     "export it with the API key, or remove api_key_env for a server without a key"
                 )
-            headers["Authorization"] = f"Bearer {key}"
-        self.service = JsonService(self.url, timeout=timeout, retries=retries, headers=headers)
+            self.service.headers["Authorization"] = f"Bearer {key}"
         self._check_model()
 
     def _check_model(self) -> None:

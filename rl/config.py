@@ -116,12 +116,6 @@ class ImageGRPOConfig(GRPOConfig):
             "choices": list(ROLLOUT_BACKENDS),
         },
     )
-    disable_dropout: bool = field(
-        default=True,
-        metadata={"help": "No dropout in the policy (and reference): TRL's dropout modules AND the attention dropout "
-                  "that decoders apply functionally (Emu3's text model has 0.1). With dropout the sampler and the "
-                  "trainer draw different masks and their log-probs disagree. TRL's default is false."},
-    )
     fp32_visual_head: bool = field(
         default=True,
         metadata={"help": "Compute the visual head (the last matmul) in float32 in rollouts and in scoring, even "
@@ -156,7 +150,8 @@ class ImageGRPOConfig(GRPOConfig):
     )
     disable_dropout: bool = field(
         default=True,
-        metadata={"help": "Disable dropout (also LoRA dropout) so rollouts and training score the same policy."},
+        metadata={"help": "Disable dropout (also LoRA dropout, and the attention dropout decoders apply as a number: "
+                  "Emu3's text model has 0.1) so rollouts and training score the same policy. TRL's default is false."},
     )
     sample_every: int = field(default=50, metadata={"help": "Save samples/step_<N>.png every N steps (0 = never)."})
     samples_per_grid: int = field(default=16, metadata={"help": "Images in each sample grid."})

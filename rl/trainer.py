@@ -231,9 +231,7 @@ class ImageGRPOTrainer(GRPOTrainer):
         """Fraction of importance-sampling ratios (tokens or sequences) outside TRL's clip bounds, next to TRL's
         ``sampling/importance_sampling_ratio/{min,mean,max}``."""
         args = self.args
-        mask = output["completion_mask"].bool()
-        if "tool_mask" in output:
-            mask = mask & output["tool_mask"].bool()
+        mask = scored_tokens(output)
         diff = (output["old_per_token_logps"] - output["sampling_per_token_logps"]).masked_fill(~mask, 0.0)
         low = args.vllm_importance_sampling_clip_min if args.vllm_importance_sampling_clip_min is not None else -math.inf
         high = args.vllm_importance_sampling_clip_max if args.vllm_importance_sampling_clip_max is not None else math.inf
@@ -354,15 +352,20 @@ class ImageGRPOTrainer(GRPOTrainer):
         """mean/max |sampler log-prob - trainer log-prob| while no optimizer step has happened since the rollout."""
         if self.state.global_step != self._rollout_global_step or SAMPLER_LOGPS_KEY not in inputs:
             return
-        mask = inputs["completion_mask"].bool()
-        if "tool_mask" in inputs:  # forced row-end tokens are not scored
-            mask = mask & inputs["tool_mask"].bool()
+        mask = scored_tokens(inputs)
         gap = (logps.detach().float() - inputs[SAMPLER_LOGPS_KEY].float()).abs()[mask]
         stats = torch.stack([gap.sum(), torch.tensor(float(gap.numel()), device=gap.device), gap.max() if gap.numel() else gap.new_zeros(())])
         gathered = self.accelerator.gather(stats.unsqueeze(0))
         mode = "train" if self.model.training else "eval"
         self._metrics[mode]["sampling/logprob_gap/mean"].append((gathered[:, 0].sum() / gathered[:, 1].sum().clamp(min=1)).item())
         self._metrics[mode]["sampling/logprob_gap/max"].append(gathered[:, 2].max().item())
+
+
+def scored_tokens(batch: dict) -> torch.Tensor:
+    """Boolean mask of the completion tokens the loss sees: TRL's completion mask times its tool mask, which is 0 at
+    forced row-end tokens (they are fed, never sampled)."""
+    mask = batch["completion_mask"].bool()
+    return mask & batch["tool_mask"].bool() if "tool_mask" in batch else mask
 
 
 def disable_attention_dropout(model: torch.nn.Module | None) -> None:

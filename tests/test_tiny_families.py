@@ -34,6 +34,15 @@ def emu3_folder(tmp_path_factory):
     return save_tiny_emu3(tmp_path_factory.mktemp("emu3"))
 
 
+def loaded_both_ways(folder, model_class):
+    """The checkpoint loaded by its class and by the Auto class (same class, same weights), and its tokenizer."""
+    direct = model_class.from_pretrained(folder)
+    auto = AutoModelForImageTextToText.from_pretrained(folder)
+    assert type(auto) is model_class
+    assert_same_weights(direct, auto)
+    return auto, AutoProcessor.from_pretrained(folder).tokenizer
+
+
 def assert_same_weights(a, b):
     sa, sb = a.state_dict(), b.state_dict()
     assert sa.keys() == sb.keys()
@@ -42,11 +51,7 @@ def assert_same_weights(a, b):
 
 
 def test_janus_loads_through_the_class_and_auto(janus_folder):
-    direct = JanusForConditionalGeneration.from_pretrained(janus_folder)
-    auto = AutoModelForImageTextToText.from_pretrained(janus_folder)
-    assert type(auto) is JanusForConditionalGeneration
-    assert_same_weights(direct, auto)
-    tokenizer = AutoProcessor.from_pretrained(janus_folder).tokenizer
+    auto, tokenizer = loaded_both_ways(janus_folder, JanusForConditionalGeneration)
     config = auto.config
     assert config.text_config.vocab_size == len(tokenizer)
     assert config.vq_config.num_embeddings == 64
@@ -60,11 +65,7 @@ def test_janus_loads_through_the_class_and_auto(janus_folder):
 
 
 def test_emu3_loads_through_the_class_and_auto_with_visual_tokens_last(emu3_folder):
-    direct = Emu3ForConditionalGeneration.from_pretrained(emu3_folder)
-    auto = AutoModelForImageTextToText.from_pretrained(emu3_folder)
-    assert type(auto) is Emu3ForConditionalGeneration
-    assert_same_weights(direct, auto)
-    tokenizer = AutoProcessor.from_pretrained(emu3_folder).tokenizer
+    auto, tokenizer = loaded_both_ways(emu3_folder, Emu3ForConditionalGeneration)
     vocab_size = auto.config.text_config.vocab_size
     assert vocab_size == len(tokenizer) == auto.lm_head.weight.shape[0]
     mapping = auto.vocabulary_mapping
