@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import functools
 import os
+import re
 import sys
 import traceback
 from typing import Callable, NoReturn
@@ -101,15 +102,104 @@ def command(name: str) -> Callable[[Callable[[list[str]], int | None]], Callable
     return decorate
 
 
+DEBUG_HELP = "print the traceback above the one-line error (also: SIMPLEAR_RL_DEBUG=1)"
+FLAG_STYLE_NOTE = "Every --flag_name is also accepted as --flag-name."
+
+
+def spellings(option: str) -> list[str]:
+    """``--flag_name`` and ``--flag-name`` (every command accepts both); a short option as it is."""
+    if not option.startswith("--"):
+        return [option]
+    name = option[2:]
+    return list(dict.fromkeys(["--" + name.replace("-", "_"), "--" + name.replace("_", "-")]))
+
+
+def mirrors_underscore(option: str, options: list[str]) -> bool:
+    """Whether ``option`` is the ``--flag-name`` spelling of a ``--flag_name`` also in ``options``."""
+    underscored = "--" + option[2:].replace("-", "_")
+    return option.startswith("--") and underscored != option and underscored in options
+
+
+def clean_help(text: str | None) -> str | None:
+    """A help string argparse can print: literal ``%`` escaped (argparse %-formats help) and RST ````x```` shown as `x`."""
+    if not text or text is argparse.SUPPRESS:
+        return text
+    return re.sub(r"%(?!\()", "%%", text.replace("``", "`"))
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Help text for every command: one spelling per flag, a default only where it says something new.
+
+    The description and epilog keep their line breaks (they are written as paragraphs); a flag's
+    default is appended unless it is None/False or the help already names a default.
+    """
+
+    def _format_action_invocation(self, action: argparse.Action) -> str:
+        if not action.option_strings:
+            return super()._format_action_invocation(action)
+        # A --flag-name that only mirrors a --flag_name is covered by FLAG_STYLE_NOTE: print one spelling.
+        primary = [s for s in action.option_strings if not mirrors_underscore(s, action.option_strings)]
+        if action.nargs == 0:
+            return ", ".join(primary)
+        args = self._format_args(action, self._get_default_metavar_for_optional(action))
+        return ", ".join(f"{s} {args}" for s in primary)
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if (
+            "default" in text.lower()
+            or default in (None, False, argparse.SUPPRESS)
+            or not action.option_strings
+            or default == []
+        ):
+            return text
+        return f"{text} (default: %(default)s)" if text else "(default: %(default)s)"
+
+
+def finish_parser(parser: argparse.ArgumentParser) -> None:
+    """Make a built parser's help safe to print: escape every help string, add ``--flag-name`` aliases.
+
+    Applied recursively to sub-commands. Called once the parser has all its flags.
+    """
+    if getattr(parser, "_simplear_finished", False):
+        return
+    parser._simplear_finished = True
+    for action in parser._actions:
+        action.help = clean_help(action.help)
+        for option in list(action.option_strings):
+            for alias in spellings(option):
+                if alias not in parser._option_string_actions:
+                    action.option_strings.append(alias)
+                    parser._option_string_actions[alias] = action
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                finish_parser(sub)
+    parser.description = clean_help(parser.description)
+    parser.epilog = clean_help(parser.epilog)
+
+
 class CommandParser(argparse.ArgumentParser):
     """``argparse`` whose usage errors raise :class:`BadInput` (one line, exit 2) instead of exiting.
 
     Prefixes of option names are not accepted, so a typo is never silently taken for another flag.
+    Every ``--flag_name`` is accepted as ``--flag-name`` too, and every command takes ``--debug``.
     """
 
     def __init__(self, *args, **kwargs):
         kwargs.setdefault("allow_abbrev", False)
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        kwargs["epilog"] = f"{kwargs['epilog']}\n\n{FLAG_STYLE_NOTE}" if kwargs.get("epilog") else FLAG_STYLE_NOTE
         super().__init__(*args, **kwargs)
+        self.add_argument("--debug", action="store_true", help=DEBUG_HELP)
+
+    def parse_known_args(self, args=None, namespace=None):
+        finish_parser(self)
+        return super().parse_known_args(args, namespace)
+
+    def format_help(self) -> str:
+        finish_parser(self)
+        return super().format_help()
 
     def error(self, message: str) -> NoReturn:
         raise BadInput(f"{message} (see `{self.prog} --help`)")

@@ -8,6 +8,8 @@ and argparse usage errors raise instead of exiting, so every command reports the
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import difflib
 import sys
 from pathlib import Path
@@ -16,7 +18,15 @@ from typing import NoReturn
 import yaml
 from trl import TrlParser
 
-from .commands import BadInput
+from .commands import DEBUG_HELP, BadInput, HelpFormatter, finish_parser
+
+#: Packages whose dataclass fields are this project's own recipe keys (listed first in --help).
+OWN_PACKAGES = ("policies", "rewards", "rl", "pretrain_sft", "bench")
+CONFIG_HELP = "recipe YAML: its keys set the defaults, and any --key value on the command line overrides them"
+RESUME_HELP = ("`last` (the newest complete checkpoint-N in output_dir) or a checkpoint folder to continue from; "
+               "unset: start a new run")
+#: Parser-only flags that are no recipe keys.
+PARSER_FLAGS = ("config", "simplear_debug", "help")
 
 
 def read_yaml_mapping(path: str | Path, what: str = "recipe") -> dict:
@@ -51,20 +61,82 @@ def unknown_keys_message(unknown: list[str], known: list[str], where: str) -> st
     return f"unknown {noun} {'; '.join(parts)} in {where}; `--help` lists every valid key"
 
 
+def field_owner(dataclass_type: type, name: str) -> type:
+    """The class in ``dataclass_type``'s MRO that declares field ``name`` (an override counts as a declaration)."""
+    for klass in dataclass_type.__mro__:
+        if name in klass.__dict__.get("__annotations__", {}):
+            return klass
+    return dataclass_type
+
+
+def group_title(klass: type) -> str:
+    """``recipe keys (simplear-rl)`` for this project's own dataclasses, else ``inherited from <pkg>.<Class>``."""
+    package = klass.__module__.split(".")[0]
+    if package in OWN_PACKAGES:
+        return "recipe keys (simplear-rl)"
+    return f"inherited from {package}.{klass.__name__}"
+
+
 class RecipeParser(TrlParser):
     """``TrlParser`` whose mistakes are one-line :class:`BadInput` errors naming the fix.
 
     Prefixes of option names are not accepted (``--learning_rat`` is an unknown key, not
-    ``learning_rate``), so a typo is never silently taken for another key.
+    ``learning_rate``), so a typo is never silently taken for another key. ``command`` names the
+    subcommand in the usage line; ``--help`` lists this project's keys first, then the inherited
+    TRL / transformers keys, each group under its source.
     """
 
-    def __init__(self, dataclass_types=None, **kwargs):
+    def __init__(self, dataclass_types=None, command: str | None = None, **kwargs):
         kwargs.setdefault("allow_abbrev", False)
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        if command is not None:
+            kwargs.setdefault("prog", f"simplear-rl {command}")
+            kwargs.setdefault("usage", f"simplear-rl {command} [--config RECIPE.yaml] [--key value ...]")
         super().__init__(dataclass_types, **kwargs)
+        self._own_help(dataclass_types or [])
+
+    def _own_help(self, dataclass_types) -> None:
+        """Our --config and --debug (transformers' own ``debug`` key is dropped), ``last`` for resuming, groups."""
+        for action in list(self._actions):
+            if action.dest == "debug":
+                self._drop(action)
+                # the dataclass still reads `debug` from the namespace: keep transformers' default for it
+                self.set_defaults(debug=action.default)
+            elif action.dest == "resume_from_checkpoint":
+                action.help = RESUME_HELP
+        # default=SUPPRESS: neither reaches the parsed namespace (TrlParser reads --config itself; --debug is
+        # taken off the command line by policies.commands before parsing)
+        self.add_argument("--config", metavar="RECIPE.yaml", default=argparse.SUPPRESS, help=CONFIG_HELP)
+        self.add_argument("--debug", dest="simplear_debug", action="store_true", default=argparse.SUPPRESS, help=DEBUG_HELP)
+        types = dataclass_types if isinstance(dataclass_types, (list, tuple)) else [dataclass_types]
+        owners = {f.name: field_owner(t, f.name) for t in types for f in dataclasses.fields(t)}
+        groups: dict[str, argparse._ArgumentGroup] = {}
+        general = self._optionals
+        for action in list(general._group_actions):
+            owner = owners.get(action.dest) or owners.get(action.dest.removeprefix("no_"))
+            if owner is None:
+                continue
+            title = group_title(owner)
+            if title not in groups:
+                groups[title] = self.add_argument_group(title)
+            general._group_actions.remove(action)
+            groups[title]._group_actions.append(action)
+        own = [g for t, g in groups.items() if t.startswith("recipe keys")]
+        rest = [g for g in self._action_groups if g not in own and g is not general and g not in groups.values()]
+        self._action_groups = [*rest, general, *own, *(g for g in groups.values() if g not in own)]
+        finish_parser(self)
+
+    def _drop(self, action: argparse.Action) -> None:
+        self._remove_action(action)
+        for option in action.option_strings:
+            self._option_string_actions.pop(option, None)
+        for group in self._action_groups:
+            if action in group._group_actions:
+                group._group_actions.remove(action)
 
     def known_keys(self) -> list[str]:
         """Every key a recipe or the command line may set."""
-        return sorted({a.dest for a in self._actions if a.dest != "help"} | {"env"})
+        return sorted({a.dest for a in self._actions if a.dest not in PARSER_FLAGS} | {"env"})
 
     def error(self, message: str) -> NoReturn:
         raise BadInput(f"{message} (see `--help`)")

@@ -316,7 +316,7 @@ def main(argv: list[str]) -> int:
     """Write the demo image folder and prompt sets (``python -m pretrain_sft.demo_data``)."""
     from policies.recipes import RecipeParser
 
-    (args,) = RecipeParser(DemoDataArguments).parse_args_and_config(argv)
+    (args,) = RecipeParser(DemoDataArguments, prog="python -m pretrain_sft.demo_data").parse_args_and_config(argv)
     meta = write_image_folder(args.out, args.num_images, args.seed, args.size, args.patch)
     train, evaluation = write_prompt_sets(args.out, args.num_train_prompts, args.num_eval_prompts, args.seed, args.size // args.patch)
     print(f"wrote {args.num_images} images and {meta}\nwrote {train}\nwrote {evaluation}")

@@ -230,7 +230,7 @@ def main(argv: list[str]) -> int:
     """Entry point of ``simplear-rl extract-tokens`` and ``python -m pretrain_sft.extract``."""
     from policies.recipes import RecipeParser
 
-    (args,) = RecipeParser(ExtractArguments).parse_args_and_config(argv)
+    (args,) = RecipeParser(ExtractArguments, command="extract-tokens").parse_args_and_config(argv)
     extract(args)
     return 0
 

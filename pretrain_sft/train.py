@@ -50,7 +50,7 @@ def parse_args(
     argv: list[str] | None, stage: str | None = None
 ) -> tuple[StageArguments, PolicyArguments, StageTrainingArguments]:
     """Parse a recipe (``--config``) and command-line overrides; ``stage`` is the entry point's stage."""
-    parser = RecipeParser((StageArguments, PolicyArguments, StageTrainingArguments))
+    parser = RecipeParser((StageArguments, PolicyArguments, StageTrainingArguments), command=stage or "pretrain")
     stage_args, policy_args, training_args = parser.parse_args_and_config(argv)
     if stage_args.stage is None:
         if stage is None:

@@ -226,6 +226,6 @@ def main(argv: list[str]) -> int:
     """``simplear-rl demo [--config recipes/demo/demo.yaml] [--out DIR] [--quick] [--fresh]``."""
     if "--config" not in argv:
         argv = ["--config", str(DEFAULT_CONFIG), *argv]
-    (config,) = RecipeParser(DemoConfig).parse_args_and_config(argv)
+    (config,) = RecipeParser(DemoConfig, command="demo").parse_args_and_config(argv)
     run(config)
     return 0

@@ -31,7 +31,7 @@ TINY = "tiny"
 
 def build_parser() -> RecipeParser:
     """The recipe parser: one flat YAML mixing script, GRPO and model keys."""
-    return RecipeParser((ScriptArguments, ImageGRPOConfig, ModelConfig))
+    return RecipeParser((ScriptArguments, ImageGRPOConfig, ModelConfig), command="grpo")
 
 
 def check_paths(script: ScriptArguments, model_args: ModelConfig) -> None:
