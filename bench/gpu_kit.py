@@ -54,6 +54,13 @@ PYTHON_VERSION, PYTHON_FULL_VERSION = "3.12", "3.12.3"
 PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64", "linux_x86_64")
 
 
+def set_python_version(version: str) -> None:
+    """Target CPython ``version`` (X.Y) instead of the image's 3.12."""
+    global PYTHON_VERSION, PYTHON_FULL_VERSION
+    if version != PYTHON_VERSION:
+        PYTHON_VERSION, PYTHON_FULL_VERSION = version, f"{version}.0"
+
+
 def read_pins(path: Path) -> dict[str, str]:
     """``{canonical name: version}`` from a pip pin file (``name==version``; comments and blanks skipped)."""
     pins = {}
@@ -78,7 +85,7 @@ def download(name: str, version: str, out: Path) -> Path:
     """Download the one wheel of ``name==version`` for the image's platform into ``out``; its path."""
     before = set(out.glob("*.whl"))
     command = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
-               "--python-version", PYTHON_VERSION, "--implementation", "cp", "--abi", "cp312",
+               "--python-version", PYTHON_VERSION, "--implementation", "cp", "--abi", "cp" + PYTHON_VERSION.replace(".", ""),
                *[arg for platform in PLATFORMS for arg in ("--platform", platform)], "-d", str(out),
                f"{name}=={version}"]
     subprocess.run(command, check=True)
@@ -148,7 +155,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lock", default=str(REPO / "constraints.txt"), help="versions of what the kit brings")
     p.add_argument("--out", default=str(REPO / ".whl" / "gpu-kit"))
     p.add_argument("--max_mib", type=float, default=55.0)
+    p.add_argument("--python_version", default=PYTHON_VERSION,
+                   help="the target interpreter's X.Y (3.12: the GPU image's; another one for a dry run elsewhere)")
     args = p.parse_args(argv)
+    set_python_version(args.python_version)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     for stale in out.glob("*.whl"):
