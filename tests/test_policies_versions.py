@@ -111,3 +111,33 @@ def test_grpo_path_imports_without_the_heavy_optional_packages():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip() == "imported"
+
+
+def test_setup_cfg_lower_bounds_are_the_oldest_tested_versions():
+    """Every runtime requirement is met by the lock and by the GPU image plus its kit (or is one the GPU check never
+    imports), and each `>=` bound is the oldest of those tested versions: nothing older is claimed."""
+    sys.path.insert(0, str(REPO / "bench"))
+    from gpu_kit import LEFT_OUT, ROOTS, read_pins
+    from packaging.utils import canonicalize_name
+    from packaging.version import Version
+
+    parser = configparser.ConfigParser()
+    parser.read(REPO / "setup.cfg")
+    lock, image = read_pins(REPO / "constraints.txt"), read_pins(REPO / "bench" / "gpu_image.txt")
+    kit_roots = {canonicalize_name(n) for n in ROOTS}
+    left_out = {canonicalize_name(n) for n in LEFT_OUT}
+    for line in filter(None, (x.strip() for x in parser["options"]["install_requires"].split("\n"))):
+        req = Requirement(line)
+        name = canonicalize_name(req.name)
+        tested = [lock[name]]
+        assert req.specifier.contains(lock[name]), f"the lock's {name} {lock[name]} is outside {line}"
+        if name in kit_roots:
+            tested.append(lock[name])  # the kit brings the lock's version
+        elif name in image:
+            assert req.specifier.contains(image[name]), f"the GPU image's {name} {image[name]} is outside {line}"
+            tested.append(image[name])
+        else:
+            assert name in left_out, f"{name} is neither on the GPU image, nor in the kit, nor left out on purpose"
+        for spec in req.specifier:
+            if spec.operator == ">=":
+                assert Version(spec.version) == min(map(Version, tested)), f"{line}: tested {tested}"
