@@ -32,6 +32,7 @@ d. **sharded engines**: the same step under FSDP2 and DeepSpeed ZeRO-3 on one GP
 from __future__ import annotations
 
 import argparse
+import gc
 import importlib.util
 import json
 import os
@@ -512,6 +513,9 @@ def main(argv: list[str] | None = None) -> int:
     if "grpo" not in skip:
         report.run("grpo_step", budget, needs["grpo_step"],
                    lambda: report.data.__setitem__("grpo_step", grpo_step(size, device, out)))
+    gc.collect()  # the GRPO step's trainer, optimizer and caches
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
     if "rollouts" not in skip:
         model = build_model(size, device, preset["dtype"]) if budget.allows(needs["rollouts"]) else None
         rollouts(size, device, model, preset["later_batches"], budget, report)

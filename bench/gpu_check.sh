@@ -6,7 +6,7 @@
 #   bench/gpu_check.sh --device cpu --out DIR                # the CPU path (tiny policy) with this checkout's venv
 #   bench/gpu_check.sh --budget_s 300 --skip sharded ...     # any bench/gpu_check.py option
 # PYTHON picks the interpreter (default: python3 with --kit, the image's; else .venv/bin/python, else python3).
-# A hard stop 60 s after the budget guards against a measurement that hangs; what was measured is kept.
+# A hard stop 45 s after the budget guards against a measurement that hangs; what was measured is kept.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 KIT=""
@@ -34,5 +34,5 @@ else
   [ -x "$PYTHON" ] || PYTHON=python3
 fi
 status=0
-timeout --signal=TERM --kill-after=10 "$(( ${BUDGET%.*} + 60 ))" "$PYTHON" bench/gpu_check.py "${ARGS[@]}" || status=$?
+timeout --signal=TERM --kill-after=10 "$(( ${BUDGET%.*} + 45 ))" "$PYTHON" bench/gpu_check.py "${ARGS[@]}" || status=$?
 exit "$status"

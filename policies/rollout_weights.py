@@ -44,7 +44,7 @@ def snapshot_refusal(model: nn.Module) -> str | None:
     if is_sharded(model):
         return "sharded weights (FSDP2 / DeepSpeed ZeRO-3)"
     if any(hasattr(m, "base_layer") or hasattr(m, "lora_A") for m in model.modules()):
-        return "a PEFT (LoRA) policy, whose adapters change every step and are small enough to cast per step"
+        return "a PEFT (LoRA) policy (its adapter layers are not plain nn.Linear modules; not supported yet)"
     return None
 
 

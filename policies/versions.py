@@ -104,7 +104,8 @@ def check_kv_cache(model=None) -> None:
     ids = torch.tensor([[3, 17, 42, 8, 25, 61]])
     positions = torch.arange(ids.size(1))[None]
     mask = torch.ones_like(ids)
-    with torch.no_grad():
+    # The first rollout may call this inside its bf16 autocast region: the comparison is made in fp32.
+    with torch.no_grad(), torch.autocast("cpu", enabled=False):
         full = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False).logits[:, -1]
         cache = DynamicCache()
         model(input_ids=ids[:, :-1], attention_mask=mask[:, :-1], position_ids=positions[:, :-1], cache=cache,

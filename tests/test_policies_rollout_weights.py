@@ -144,7 +144,9 @@ def grpo_run(out: Path, weights: str):
     return trainer, read_metrics(out)
 
 
+@pytest.mark.slow
 def test_grpo_with_a_snapshot_trains_exactly_as_with_autocast_refreshing_once_per_step(tmp_path):
+    """Two tiny bf16 GRPO steps (the Trainer's fused AdamW in between): the same rewards, gaps and losses as autocast."""
     _, autocast = grpo_run(tmp_path / "autocast", "autocast")
     trainer, snapshot = grpo_run(tmp_path / "snapshot", "snapshot")
     assert trainer._rollout_weights.snapshot.refreshes == 2  # step 0's rollout, and step 1's after the update

@@ -141,3 +141,11 @@ def test_setup_cfg_lower_bounds_are_the_oldest_tested_versions():
         for spec in req.specifier:
             if spec.operator == ">=":
                 assert Version(spec.version) == min(map(Version, tested)), f"{line}: tested {tested}"
+
+
+def test_the_self_check_holds_inside_a_bf16_autocast_region():
+    """The first rollout of a GRPO run calls the guards inside its bf16 autocast region."""
+    import torch
+
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        check_kv_cache()
