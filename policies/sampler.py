@@ -28,6 +28,7 @@ from .guidance import (
 from .families import family_of, visual_head
 from .heads import head_forward, position_ids_from_mask, visual_logits
 from .sharding import is_sharded
+from .versions import ensure_supported
 from .vocab import VisualVocab
 
 #: Rollout backends by name; ``auto`` is ``compiled`` on CUDA and ``eager`` elsewhere (see README, Performance).
@@ -158,6 +159,7 @@ def sample_images(
     With ``vocab.row_end_id`` set, the row-end token follows every row of ``w`` codes in the
     completion: fed to the model but never drawn (log-prob and entropy 0 there).
     """
+    ensure_supported()  # once per process: a transformers that ignores `cache=` would sample wrong, silently
     n = len(prompt_ids)
     if len(seeds) != n:
         raise ValueError(f"need one seed per prompt row: got {len(seeds)} seeds for {n} rows")

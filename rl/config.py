@@ -16,6 +16,7 @@ from trl import GRPOConfig
 
 from policies.guidance import SamplingConfig
 from policies.sampler import ROLLOUT_BACKENDS
+from policies.rollout_weights import ROLLOUT_WEIGHTS
 from pretrain_sft.checkpoints import OVERWRITE_HELP
 from pretrain_sft.config import check_bf16_device
 
@@ -121,6 +122,17 @@ class ImageGRPOConfig(GRPOConfig):
         metadata={"help": "Compute the visual head (the last matmul) in float32 in rollouts and in scoring, even "
                   "under bf16 autocast: it shrinks the sampler-trainer log-prob gap (see README, Numerics)."},
     )
+    rollout_weights: str = field(
+        default="auto",
+        metadata={
+            "help": "What bf16 rollouts read: autocast (casts the fp32 masters as it goes; a compiled decode step "
+            "re-casts every weight every step) or snapshot (a bf16 copy of the decoder's linear weights, exactly "
+            "autocast's casts, refreshed before a rollout when an optimizer step changed the masters; the same "
+            "log-probs, +0.67 GiB at 0.5B). auto: snapshot for the compiled backend under bf16 rollouts (not LoRA or "
+            "sharded policies), autocast elsewhere. See docs/gpu.md.",
+            "choices": list(ROLLOUT_WEIGHTS),
+        },
+    )
     importance_sampling_correction: str = field(
         default="auto",
         metadata={
@@ -217,6 +229,11 @@ def resolve_rollout_numerics(args: "ImageGRPOConfig") -> None:
         args.rollout_precision = "bfloat16" if args.bf16 else "float32"
     if args.rollout_precision == "bfloat16" and not args.bf16:
         raise ValueError("rollout_precision: bfloat16 needs bf16: true (rollouts run under the trainer's bf16 autocast)")
+    if args.rollout_weights not in ROLLOUT_WEIGHTS:
+        raise ValueError(f"rollout_weights must be one of {', '.join(ROLLOUT_WEIGHTS)}, got {args.rollout_weights!r}")
+    if args.rollout_weights == "snapshot" and args.rollout_precision != "bfloat16":
+        raise ValueError("rollout_weights: snapshot needs bf16 rollouts (bf16: true, rollout_precision: bfloat16 or "
+                         "auto); float32 rollouts read the weights as they are: use rollout_weights: autocast or auto")
     correction = args.importance_sampling_correction
     if correction == "true" and args.logprob_mode != "guided":
         raise ValueError(

@@ -31,6 +31,7 @@ from trl.models import unwrap_model_for_generation
 from policies.codecs import VisualCodec, check_codec_matches, codec_record
 from policies.images import captioned_grid, save_png, to_unit
 from policies.loading import Policy
+from policies.rollout_weights import RolloutWeights
 from policies.sampler import sample_images
 from policies.sharding import fsdp2_rollout
 from policies.static_sampler import COMPILE_STATS
@@ -122,6 +123,7 @@ class ImageGRPOTrainer(GRPOTrainer):
             for model in (self.model, self.ref_model):
                 disable_attention_dropout(model)
         self._pad_id = self.policy.pad_id
+        self._rollout_weights = RolloutWeights(args.rollout_weights, args.rollout_precision == "bfloat16")
         self._pending_rollout: dict | None = None
         self._rollout_global_step = -1
         self._loss_inputs: dict | None = None
@@ -177,8 +179,9 @@ class ImageGRPOTrainer(GRPOTrainer):
         ):
             # One region: the eager backend casts each weight to bf16 once per rollout (a compiled step in its graph).
             with self._rollout_autocast():
+                model = self._rollout_weights.model_for(unwrapped, self.args.rollout_backend)  # or its bf16 snapshot
                 rollout = sample_images(
-                    unwrapped, self.vocab, prompt_ids, self.policy.uncond_prompts(prompt_ids), self.rollout_sampling, seeds,
+                    model, self.vocab, prompt_ids, self.policy.uncond_prompts(prompt_ids), self.rollout_sampling, seeds,
                     pad_id=self._pad_id, fp32_head=self.args.fp32_visual_head, backend=self.args.rollout_backend,
                 )
             images = to_unit(self.codec.decode(rollout.codes))
