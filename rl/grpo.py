@@ -17,7 +17,7 @@ from trl import ModelConfig, get_peft_config
 
 from policies.codecs import build_codec
 from policies.commands import command
-from policies.loading import Policy, load_policy
+from policies.loading import Policy, load_policy, load_source
 from policies.sources import resolve_source
 from policies.recipes import RecipeParser
 from policies.tiny import build_tiny_policy, caption_words
@@ -103,7 +103,17 @@ def build_policy(script: ScriptArguments, model_args: ModelConfig, output_dir: s
                 ).save(init_dir)
         return load_policy(init_dir, dtype=model_args.dtype)
     grid = codec.grid_for(script.resolution) if script.resolution else None
-    return load_policy(model_args.model_name_or_path, dtype=model_args.dtype, grid=grid, base=script.base_model)
+    source = resolve_source(model_args.model_name_or_path, base=script.base_model)
+    if source.kind == "model":
+        return load_source(source, dtype=model_args.dtype, grid=grid)
+    # A LoRA run (merged) or a sharded checkpoint (consolidated) is written out once as the run's starting
+    # folder: every rank loads the same weights, and TRL's reference model (beta > 0) reloads this policy.
+    init_dir = Path(output_dir) / "init-policy"
+    state = PartialState()
+    with state.main_process_first():
+        if state.is_main_process:
+            load_source(source, dtype="float32").save(init_dir)
+    return load_policy(init_dir, dtype=model_args.dtype, grid=grid)
 
 
 def build_trainer(script: ScriptArguments, args: ImageGRPOConfig, model_args: ModelConfig, callbacks=None):
