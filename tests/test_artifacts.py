@@ -30,13 +30,13 @@ LORA = ["--use_peft", "true", "--lora_r", "4", "--lora_target_modules", "q_proj"
 
 def grpo(out: Path, *extra: str) -> Path:
     argv = ["grpo", "--config", str(RECIPE), "--output_dir", str(out), "--train_prompts", str(PROMPTS),
-            "--max_steps", "1", "--save_steps", "1", "--sample_every", "0", *extra]
+            "--max_steps", "1", "--save_steps", "1", "--sample_every", "0", "--resolution", "32", *extra]
     assert cli(argv) == 0
     return out
 
 
 def codes_of(model, policy) -> torch.Tensor:
-    """Codes of CAPTIONS with SEEDS sampled from ``model`` in ``policy``'s layout (CFG, fixed seeds)."""
+    """Codes (4x4 grids) of CAPTIONS with SEEDS sampled from ``model`` in ``policy``'s layout (CFG, fixed seeds)."""
     return sample_images(model, policy.vocab, policy.encode_prompts(CAPTIONS), policy.encode_uncond(),
                          SamplingConfig(cfg_scale=3.0), seeds=SEEDS, pad_id=policy.pad_id).codes
 
@@ -62,25 +62,34 @@ def lora_run(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
+def full_own(full_run):
+    """``(policy, codes)``: the full run's own saved policy and its codes."""
+    policy = load_policy(full_run, dtype="float32")
+    return policy, codes_of(policy.model, policy)
+
+
+@pytest.fixture(scope="module")
 def lora_own(lora_run):
-    """The LoRA run's own policy as the trainer held it: base + adapter, unmerged."""
+    """``(layout policy, codes)``: the codes of the LoRA run's own policy as the trainer held it (base + adapter,
+    unmerged), and a policy with the layout the run recorded to sample others with."""
     base = load_policy(lora_run / "init-policy", dtype="float32")
     base.vocab = load_policy(lora_run, dtype="float32").vocab  # the layout the run recorded
-    return PeftModel.from_pretrained(base.model, str(lora_run)).eval(), base
+    return base, codes_of(PeftModel.from_pretrained(base.model, str(lora_run)).eval(), base)
 
 
 # ------------------------------------------------------------------------------------------- loading
 
 
 def test_a_lora_run_and_its_checkpoint_load_merged_with_the_recorded_layout_and_codec(lora_run, lora_own):
-    own, policy_like = lora_own
+    _, own_codes = lora_own
     for folder in (lora_run, lora_run / "checkpoint-1"):
         source = resolve_source(folder)
         assert source.kind == "adapter" and source.model_folder.resolve() == (lora_run / "init-policy").resolve()
         policy = load_policy(folder, dtype="float32")
         assert policy.vocab.codec == {"name": "palette", "levels": 4, "patch": 8}  # only the run's record has it
+        assert policy.vocab.grid == (4, 4)  # the run's grid (--resolution 32), not its base's default
         assert not any("lora" in name for name, _ in policy.model.named_parameters())  # merged in memory
-        assert torch.equal(codes_of(policy.model, policy), codes_of(own, policy_like))
+        assert torch.equal(codes_of(policy.model, policy), own_codes)
 
 
 def test_a_moved_lora_base_is_named_and_found_with_base(lora_run, tmp_path):
@@ -93,7 +102,7 @@ def test_a_moved_lora_base_is_named_and_found_with_base(lora_run, tmp_path):
         (adapter / name).write_bytes((lora_run / name).read_bytes())
     with pytest.raises(FileNotFoundError, match=r"trained on base model '.*gone'.*--base PATH"):
         load_policy(adapter)
-    assert load_policy(adapter, base=lora_run / "init-policy").vocab.grid == (8, 8)
+    assert load_policy(adapter, base=lora_run / "init-policy").vocab.grid == (4, 4)
 
 
 def test_a_folder_that_is_neither_kind_names_both(tmp_path, capsys):
@@ -108,37 +117,37 @@ def test_a_folder_that_is_neither_kind_names_both(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("which", ["run", "checkpoint"])
-def test_a_full_run_and_its_checkpoint_export_the_trained_weights_that_sample_the_same_codes(full_run, tmp_path, which):
+def test_a_full_run_and_its_checkpoint_export_the_trained_weights_that_sample_the_same_codes(
+        full_run, full_own, tmp_path, which):
     source = full_run if which == "run" else full_run / "checkpoint-1"
-    own = load_policy(full_run, dtype="float32")
+    own, own_codes = full_own
     out = tmp_path / "export"
     assert cli(["export", str(source), "--out", str(out)]) == 0
     assert_same_tensors(out, own.model.state_dict())
     exported = load_policy(out)
     assert exported.vocab == own.vocab and exported.vocab.codec == own.vocab.codec
-    assert torch.equal(codes_of(exported.model, exported), codes_of(own.model, own))
-    plain = AutoModelForCausalLM.from_pretrained(out)
-    assert torch.equal(codes_of(plain, own), codes_of(own.model, own))
+    assert torch.equal(codes_of(exported.model, exported), own_codes)
+    assert AutoModelForCausalLM.from_pretrained(out).config.model_type == "qwen2"
     assert json.loads((out / "generation_config.json").read_text()).get("top_k") is None  # no text-chat defaults
 
 
-def test_bf16_export_holds_the_bf16_rounding_of_the_trained_weights(full_run, tmp_path):
+def test_bf16_export_holds_the_bf16_rounding_of_the_trained_weights(full_run, full_own, tmp_path):
     out = tmp_path / "bf16"
     assert cli(["export", str(full_run), "--out", str(out), "--dtype", "bfloat16"]) == 0
-    assert_same_tensors(out, load_policy(full_run, dtype="float32").model.state_dict(), dtype=torch.bfloat16)
+    assert_same_tensors(out, full_own[0].model.state_dict(), dtype=torch.bfloat16)
 
 
 def test_a_lora_run_exports_merged_and_as_an_adapter_both_sampling_the_runs_codes(lora_run, lora_own, tmp_path):
-    own, policy_like = lora_own
+    layout, own_codes = lora_own
     merged, adapter = tmp_path / "merged", tmp_path / "adapter"
     assert cli(["export", str(lora_run), "--out", str(merged), "--merge"]) == 0
     assert cli(["export", str(lora_run), "--out", str(adapter)]) == 0
-    plain = AutoModelForCausalLM.from_pretrained(merged)
-    assert torch.equal(codes_of(plain, policy_like), codes_of(own, policy_like))
-    for folder in (merged, adapter):
-        policy = load_policy(folder, dtype="float32")
-        assert policy.vocab.codec == {"name": "palette", "levels": 4, "patch": 8}
-        assert torch.equal(codes_of(policy.model, policy), codes_of(own, policy_like))
+    plain = AutoModelForCausalLM.from_pretrained(merged)  # a plain transformers model, sampled in the run's layout
+    assert torch.equal(codes_of(plain, layout), own_codes)
+    policy = load_policy(adapter, dtype="float32")
+    assert policy.vocab.codec == {"name": "palette", "levels": 4, "patch": 8}
+    assert policy.vocab == load_policy(merged, dtype="float32").vocab
+    assert torch.equal(codes_of(policy.model, policy), own_codes)
     assert Path(json.loads((adapter / "adapter_config.json").read_text())["base_model_name_or_path"]).is_absolute()
 
 
@@ -174,10 +183,11 @@ def test_a_lora_run_goes_from_the_cli_to_images_an_eval_table_a_new_grpo_run_and
     assert cli(["generate", "--model", str(lora_run), "--prompts", "a red square", "--out", str(images)]) == 0
     assert (images / "0_0.png").exists()
     record = json.loads((images / "metadata.jsonl").read_text().splitlines()[0])
-    assert record["codec"] == {"name": "palette", "levels": 4, "patch": 8} and record["grid"] == [8, 8]
+    assert record["codec"] == {"name": "palette", "levels": 4, "patch": 8} and record["grid"] == [4, 4]
 
-    evaluation = tmp_path / "eval"
-    assert cli(["eval", "rewards", "--model", str(lora_run), "--prompts", str(PROMPTS), "--rewards", "color_region",
+    evaluation, prompts = tmp_path / "eval", tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(PROMPTS.read_text().splitlines(keepends=True)[:2]))
+    assert cli(["eval", "rewards", "--model", str(lora_run), "--prompts", str(prompts), "--rewards", "color_region",
                 "--num_images", "1", "--out", str(evaluation)]) == 0
     summary = json.loads((evaluation / "summary.json").read_text())
     assert 0 <= summary["rewards/color_region/mean"] <= 1
