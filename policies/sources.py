@@ -153,6 +153,11 @@ def resolve_source(path: str | Path, base: str | Path | None = None, prefer_engi
             raise FileNotFoundError(f"LoRA adapter folder {str(folder)!r} has adapter_config.json but no adapter_model.safetensors")
         model_folder = adapter_base(folder, base)
         kind, adapter = "adapter", folder
+    elif (folder / "config.json").is_file() and not engine_kind(folder) and not _has_weights(folder) and (
+            checkpoint := newest_checkpoint(folder)) is not None:
+        # A run whose engine saved no whole weights at its end (FSDP2 sharded state dict): its newest checkpoint.
+        logger.info("%s has no final weights at its top: using its newest complete checkpoint %s", folder, checkpoint)
+        return resolve_source(checkpoint, base=base, prefer_engine=prefer_engine, what=what)
     elif (folder / "config.json").is_file():
         engine = engine_kind(folder)
         kind = engine if engine and (prefer_engine or not _has_weights(folder)) else "model"

@@ -203,3 +203,15 @@ def test_a_lora_run_goes_from_the_cli_to_images_an_eval_table_a_new_grpo_run_and
     out = tmp_path / "export"
     assert cli(["export", str(second), "--out", str(out), "--merge"]) == 0
     assert AutoModelForCausalLM.from_pretrained(out).config.model_type == "qwen2"
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (lambda t: [t / "missing", "--out", t / "o"], "does not exist"),
+    (lambda t: [t, "--out", t / "o", "--dtype", "int8"], "invalid choice: 'int8'"),
+    (lambda t: [t, "--out", t / "o", "--overwrite", "maybe"], "expected true or false"),
+    (lambda t: [t], "--out"),
+])
+def test_export_reports_bad_input_in_one_line_with_exit_2(tmp_path, capsys, argv, needle):
+    assert cli(["export", *map(str, argv(tmp_path))]) == 2
+    (line,) = [x for x in capsys.readouterr().err.splitlines() if x.startswith("simplear-rl export: error: ")]
+    assert needle in line
