@@ -32,6 +32,7 @@ from policies.sources import (
 from policies.vocab import CONFIG_KEY
 
 DTYPES = ("float32", "bfloat16", "float16")
+PROCESSOR_FILES = ("preprocessor_config.json", "processor_config.json", "chat_template.jinja", "chat_template.json")
 
 
 def str_to_bool(value: str) -> bool:
@@ -94,6 +95,10 @@ def write_model(source: PolicySource, folder: Path, dtype: str) -> dict:
 
     policy = load_source(source, dtype=dtype, device="cpu")
     policy.save(folder)
+    for name in PROCESSOR_FILES:  # a Janus / Emu3 checkpoint's processor, so AutoProcessor loads the export too
+        for where in (source.tokenizer_folder, source.model_folder):
+            if (where / name).is_file() and not (folder / name).exists():
+                shutil.copy2(where / name, folder / name)
     kind = {"adapter": "LoRA merged into its base", "zero3": "ZeRO-3 fp32 masters (zero_to_fp32)",
             "fsdp": "FSDP2 weights (accelerate)"}.get(source.kind, "full weights")
     return {"kind": kind, "dtype": dtype, "layout": policy.vocab.to_dict()}
