@@ -133,6 +133,7 @@ def test_bf16_rollouts_under_autocast_and_on_bf16_weights_stay_within_bf16_round
         assert (compiled.logprobs - eager.logprobs).abs().max() < 0.05  # bf16 rounding, not another distribution
 
 
+@pytest.mark.slow  # a second compilation: tens of seconds on CPU
 def test_prompts_longer_than_the_prompt_block_rebuild_the_cache_compile_once_more_and_draw_the_eager_samples(
         compiled_tiny):
     """A prompt past PROMPT_BLOCK tokens outgrows the bucket's static cache: it is rebuilt at the next multiple of the

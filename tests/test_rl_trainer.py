@@ -83,6 +83,7 @@ def test_compiled_rollouts_give_the_trainer_the_log_probs_it_computes_from_one_c
     assert second["rollout/compiles"] == first["rollout/compiles"], "the second GRPO step compiled the decode step again"
 
 
+@pytest.mark.slow  # a compilation of its own: about a minute on 2 busy CPU cores
 def test_lora_grpo_on_the_compiled_backend_scores_what_it_sampled_and_keeps_one_graph(tmp_path):
     """LoRA adapters inside the compiled decode step: the trainer's log-probs equal the sampler's, and the adapter's
     update between steps (new values, same shapes) compiles no new graph."""
