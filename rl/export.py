@@ -47,7 +47,11 @@ def str_to_bool(value: str) -> bool:
 
 def build_parser() -> argparse.ArgumentParser:
     """The command's flags (``simplear-rl export --help``)."""
-    p = CommandParser(prog="simplear-rl export", description=__doc__.split("\n\n")[1].split(".")[0] + ".")
+    p = CommandParser(
+        prog="simplear-rl export",
+        description="Turn a run, a checkpoint-N, a LoRA run or a ZeRO-3 / FSDP2 checkpoint into a plain Hugging Face "
+        "folder (safetensors, tokenizer, layout/templates/codec record, model card from the run's records).",
+    )
     p.add_argument("source", metavar="RUN_OR_CHECKPOINT",
                    help="a run folder, a checkpoint-N folder, a LoRA run, a ZeRO-3 or FSDP2 checkpoint")
     p.add_argument("--out", required=True, help="the folder to write (refused if it exists and is not empty)")
