@@ -27,10 +27,12 @@ from .commands import CommandParser, command
 from .dtypes import resolve_dtype
 from .guidance import SamplingConfig
 from .images import captioned_grid, save_png, to_pil
-from .loading import Policy, check_model_folder, checkpoint_config, checkpoint_family, load_policy
+from .families import family_for_model_type
+from .loading import Policy, checkpoint_config, load_source
 from .records import read_records, write_jsonl
 from .rendering import render
 from .sampler import ROLLOUT_BACKENDS
+from .sources import PolicySource, resolve_source
 from .tiny import build_tiny_policy
 from .vocab import CONFIG_KEY
 
@@ -43,9 +45,11 @@ DEMO_PROMPTS = ("a red square on a blue background", "two yellow circles", "a gr
 def add_policy_arguments(p: argparse.ArgumentParser, model_required: bool = False) -> None:
     """Flags that choose the policy, its codec and the prompt templates (shared with ``simplear-rl eval``)."""
     if model_required:
-        p.add_argument("--model", required=True, help="local policy checkpoint folder")
+        p.add_argument("--model", required=True, help="policy folder: a run, a checkpoint-N, a LoRA run or an export")
     else:
-        p.add_argument("--model", help="local policy checkpoint folder; omit to run the tiny default (random weights)")
+        p.add_argument("--model", help="policy folder (a run, a checkpoint-N, a LoRA run or an export); omit to run the tiny default (random weights)")
+    p.add_argument("--base", help="base model folder of a LoRA adapter --model whose recorded base has moved "
+                   "(default: the one its adapter_config.json names)")
     p.add_argument("--codec", choices=available_codecs(), help="default: the codec the checkpoint records, else cosmos (palette for the tiny default)")
     p.add_argument("--codec_path", help="local codec folder (cosmos: holds encoder.jit and decoder.jit)")
     p.add_argument("--codec_levels", type=int, help="palette codec: colour levels per channel (default: the recorded ones)")
@@ -134,9 +138,9 @@ class Setup:
         )
 
 
-def recorded_codec(model: str | Path) -> dict | None:
-    """The codec a checkpoint records in its config (read without loading the model)."""
-    layout = checkpoint_config(model).get(CONFIG_KEY) or {}
+def recorded_codec(model: str | Path | PolicySource) -> dict | None:
+    """The codec a policy folder records (in its config, or next to its adapter), read without loading the model."""
+    layout = model.layout if isinstance(model, PolicySource) else checkpoint_config(model).get(CONFIG_KEY) or {}
     return (layout.get("extra") or {}).get("codec")
 
 
@@ -157,10 +161,10 @@ def build_setup(args: argparse.Namespace, log) -> Setup:
     """Load (or build) the policy and the codec, and check that they fit together."""
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     resolve_dtype(args.dtype, device)  # an unknown name is reported before anything loads
-    family = None
-    if args.model is not None:
-        check_model_folder(args.model)  # a missing checkpoint is reported before anything loads
-        family = checkpoint_family(args.model)
+    family = source = None
+    if args.model is not None:  # a missing or unusable folder is reported before anything loads
+        source = resolve_source(args.model, base=getattr(args, "base", None))
+        family = family_for_model_type(source.model_type)
     default_cfg = TINY_CFG_SCALE if family is None else family.default_cfg_scale
     config = SamplingConfig(  # checked before anything loads
         cfg_scale=default_cfg if args.cfg_scale is None else args.cfg_scale,
@@ -178,17 +182,19 @@ def build_setup(args: argparse.Namespace, log) -> Setup:
         policy.model.to(device=device, dtype=resolve_dtype(args.dtype, device, policy.model.config.hidden_size))
     else:
         codec_dtype = None if args.dtype == "auto" else args.dtype
-        choice = codec_choice(args, recorded_codec(args.model), family.default_codec(args.model))
-        # A Janus / Emu3 checkpoint carries its own (frozen) VQ-VAE: decode with the one in the folder being sampled.
-        path = args.codec_path or (args.model if choice["name"] == "vqvae" else None)
+        choice = codec_choice(args, recorded_codec(source), family.default_codec(source.model_folder))
+        # A Janus / Emu3 checkpoint carries its own (frozen) VQ-VAE: decode with the one in the folder being sampled
+        # (an adapter's base: LoRA never touches the VQ-VAE).
+        path = args.codec_path or (source.model_folder if choice["name"] == "vqvae" else None)
         codec = build_recorded_codec(choice, path=path, device=device, dtype=codec_dtype)
-        policy = load_policy(args.model, dtype=args.dtype, device=device)
+        policy = load_source(source, dtype=args.dtype, device=device)
     vocab = policy.vocab
     if args.prompt_prefix is not None:
         vocab = vocab.replace(prompt_prefix=args.prompt_prefix)
     grid = codec.grid_for(args.resolution) if args.resolution else vocab.grid
     check_codec_matches(codec, vocab.codebook_size, grid, args.resolution)
-    policy.vocab = vocab.with_grid(grid)
+    vocab = vocab.with_grid(grid)  # every template below is formatted with the grid actually sampled
+    policy.vocab = vocab
     if args.uncond_prompt is None:
         uncond_text, uncond_ids = vocab.format_uncond(), None
     else:  # a negative prompt takes the caption's place in the cond template, without the prefix
@@ -224,7 +230,7 @@ def main(argv: list[str]) -> int:
     if args.num_images < 1 or args.batch_size < 1:
         raise ValueError(f"--num_images and --batch_size must be >= 1 (got {args.num_images}, {args.batch_size})")
     if args.model is not None:
-        check_model_folder(args.model)  # before the prompts: a wrong path is the first thing to fix
+        resolve_source(args.model, base=args.base)  # before the prompts: a wrong path is the first thing to fix
     captions = list(args.prompts) + (read_prompts_file(args.prompts_file) if args.prompts_file else [])
     if not captions and args.model is None:
         captions = list(DEMO_PROMPTS)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,14 +19,14 @@ from transformers import (
 from .dtypes import resolve_dtype
 from .families import PolicyFamily, SimpleARFamily, family_for_model_type
 from .sharding import full_shape, gathered_for_edit
-from .vocab import SIMPLEAR_SPECIAL_TOKENS, VisualVocab, check_model_vocab, stored_layout
+from .sources import TOKENIZER_FILES, PolicySource, resolve_source
+from .vocab import CONFIG_KEY, SIMPLEAR_SPECIAL_TOKENS, VisualVocab, check_model_vocab, stored_layout
 
 logger = logging.getLogger(__name__)
 
 #: Grid of a released SimpleAR checkpoint when none is given (1024 px with Cosmos DV8x16x16).
 DEFAULT_GRID = (64, 64)
 DEFAULT_CODEBOOK_SIZE = 64_000
-_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json")
 
 
 @dataclass
@@ -80,20 +79,20 @@ def check_model_folder(path: str | Path, what: str = "policy checkpoint") -> Pat
         raise NotADirectoryError(f"{what} {str(folder)!r} is a file; expected a Hugging Face model folder")
     if not (folder / "config.json").exists():
         raise FileNotFoundError(f"{what} folder {str(folder)!r} has no config.json; is it a Hugging Face model folder?")
-    if not any((folder / f).exists() for f in _TOKENIZER_FILES):
+    if not any((folder / f).exists() for f in TOKENIZER_FILES):
         raise FileNotFoundError(
-            f"{what} folder {str(folder)!r} has no tokenizer (none of {', '.join(_TOKENIZER_FILES)}); "
+            f"{what} folder {str(folder)!r} has no tokenizer (none of {', '.join(TOKENIZER_FILES)}); "
             "save the tokenizer next to the model"
         )
     return folder
 
 
-def checkpoint_config(folder: str | Path) -> dict:
-    """A checkpoint folder's ``config.json`` as a dict, read without loading the model ({} if unreadable)."""
-    folder = Path(folder)
+def checkpoint_config(folder: str | Path, base: str | Path | None = None) -> dict:
+    """A policy folder's effective ``config.json`` (an adapter's base config, the run's layout record on top),
+    read without loading the model ({} if it is not a policy folder)."""
     try:
-        return json.loads((folder / "config.json").read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
+        return resolve_source(folder, base=base).config
+    except (OSError, ValueError):
         return {}
 
 
@@ -103,9 +102,9 @@ def checkpoint_hidden_size(folder: Path) -> int | None:
     return config.get("hidden_size") or (config.get("text_config") or {}).get("hidden_size")
 
 
-def checkpoint_family(folder: str | Path) -> PolicyFamily:
-    """The policy family of a checkpoint folder, from its ``model_type`` (read without loading the model)."""
-    return family_for_model_type(checkpoint_config(folder).get("model_type"))
+def checkpoint_family(folder: str | Path, base: str | Path | None = None) -> PolicyFamily:
+    """The policy family of a policy folder, from its ``model_type`` (read without loading the model)."""
+    return family_for_model_type(checkpoint_config(folder, base=base).get("model_type"))
 
 
 def load_tokenizer(folder: Path) -> PreTrainedTokenizerBase:
@@ -154,25 +153,69 @@ def load_policy(
     device: str | torch.device | None = None,
     codebook_size: int | None = None,
     grid: tuple[int, int] | None = None,
+    base: str | Path | None = None,
 ) -> Policy:
-    """Load a policy checkpoint folder (model + tokenizer) of any supported family from disk.
+    """Load a policy of any supported family from anything a stage wrote (see :mod:`policies.sources`).
 
-    The family comes from the config's ``model_type`` (:mod:`policies.families`). For SimpleAR-style
-    ``qwen2`` checkpoints the text-chat ``generation_config`` (repetition penalty, top-k 20, ...) is
-    replaced by a neutral one: image sampling never inherits it. ``dtype`` None/"auto" picks the faster
-    dtype for the model's size on ``device`` (:func:`policies.dtypes.resolve_dtype`).
+    A run or ``checkpoint-N`` folder, an exported folder, a LoRA adapter (its base from
+    ``adapter_config.json``, or ``base`` when it has moved; merged in memory) or a ZeRO-3 / FSDP2
+    checkpoint (consolidated with the engine's own utility). The family comes from the config's
+    ``model_type`` (:mod:`policies.families`); the layout, templates and codec the run recorded come
+    along. For SimpleAR-style ``qwen2`` checkpoints the text-chat ``generation_config`` (repetition
+    penalty, top-k 20, ...) is replaced by a neutral one: image sampling never inherits it. ``dtype``
+    None/"auto" picks the faster dtype for the model's size on ``device``
+    (:func:`policies.dtypes.resolve_dtype`).
     """
-    folder = check_model_folder(path)
-    family = checkpoint_family(folder)
+    return load_source(resolve_source(path, base=base), dtype, device, codebook_size, grid)
+
+
+def load_source(
+    source: PolicySource,
+    dtype: str | torch.dtype | None = None,
+    device: str | torch.device | None = None,
+    codebook_size: int | None = None,
+    grid: tuple[int, int] | None = None,
+) -> Policy:
+    """:func:`load_policy` of an already resolved :class:`~policies.sources.PolicySource`."""
+    family = family_for_model_type(source.model_type)
     device = torch.device(device or "cpu")
-    torch_dtype = resolve_dtype(dtype, device, checkpoint_hidden_size(folder))
-    tokenizer = load_tokenizer(folder)
-    model = family.load_model(folder, torch_dtype).to(device)
+    torch_dtype = resolve_dtype(dtype, device, source.hidden_size)
+    tokenizer = load_tokenizer(source.tokenizer_folder)
+    model = load_source_model(source, family, torch_dtype).to(device)
     model.eval()
+    if source.layout:  # the layout the run recorded (an adapter's base may record an older one, or none)
+        setattr(model.config, CONFIG_KEY, source.layout)
     family.adapt_model(model)
     vocab = family.resolve_layout(model, tokenizer, codebook_size=codebook_size, grid=grid)
     vocab.attach_to_config(model.config)
     return Policy(model=model, tokenizer=tokenizer, vocab=vocab, family=family)
+
+
+def load_source_model(source: PolicySource, family: PolicyFamily, dtype: torch.dtype) -> PreTrainedModel:
+    """The model of a source with whole weights: a LoRA adapter merged into its base in float32 (then cast),
+    an engine checkpoint consolidated by the engine's own utility."""
+    if source.kind == "adapter":
+        from peft import PeftModel
+
+        base = family.load_model(source.model_folder, torch.float32)
+        merged = PeftModel.from_pretrained(base, str(source.adapter)).merge_and_unload()
+        return merged.to(dtype)
+    if source.kind in ("zero3", "fsdp"):
+        import shutil
+        import tempfile
+
+        from safetensors.torch import save_file
+
+        from .consolidate import engine_state_dict
+
+        state = engine_state_dict(source.kind, source.folder)
+        with tempfile.TemporaryDirectory(prefix="simplear-consolidated-") as tmp:
+            shutil.copy(source.model_folder / "config.json", Path(tmp) / "config.json")
+            save_file({k: v.detach().clone().contiguous() for k, v in state.items()}, str(Path(tmp) / "model.safetensors"),
+                      metadata={"format": "pt"})
+            del state
+            return family.load_model(Path(tmp), dtype)
+    return family.load_model(source.model_folder, dtype)
 
 
 def extend_vocabulary(

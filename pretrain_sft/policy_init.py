@@ -16,14 +16,9 @@ import json
 from pathlib import Path
 from typing import Iterable
 
-from policies.loading import (
-    Policy,
-    check_model_folder,
-    checkpoint_family,
-    extend_llm,
-    load_policy,
-    load_tokenizer,
-)
+from policies.families import family_for_model_type
+from policies.loading import Policy, extend_llm, load_source, load_tokenizer
+from policies.sources import resolve_source
 from policies.tiny import build_tiny_policy, caption_words
 from policies.vocab import CONFIG_KEY, SIMPLEAR_SPECIAL_TOKENS
 
@@ -47,9 +42,10 @@ def check_start_path(args: PolicyArguments) -> None:
     """Fail before anything loads when ``model_name_or_path`` is neither ``tiny`` nor a model folder, or is a
     checkpoint of a family these stages do not train (Janus, Emu3: GRPO, generate and eval only)."""
     if args.model_name_or_path != TINY:
-        folder = check_model_folder(args.model_name_or_path, what="model_name_or_path")
+        source = resolve_source(args.model_name_or_path, what="model_name_or_path")
+        folder = source.folder
         try:
-            family = checkpoint_family(folder)
+            family = family_for_model_type(source.model_type)
         except ValueError:
             return  # a plain LLM of another type: extend_llm says what it accepts
         if "pretrain" not in family.stages:
@@ -78,12 +74,12 @@ def init_policy(args: PolicyArguments, info: CacheInfo, captions: Iterable[str],
             **model_kwargs,
         )
     else:
-        folder = check_model_folder(name, what="model_name_or_path")
-        if is_simplear_checkpoint(folder):
-            policy = load_policy(folder, dtype=args.dtype, grid=grid)
+        source = resolve_source(name, what="model_name_or_path")
+        if source.kind != "model" or is_simplear_checkpoint(source.folder):
+            policy = load_source(source, dtype=args.dtype, grid=grid)
         else:
             policy = extend_llm(
-                folder, codebook_size=info.codebook_size, grid=grid, dtype=args.dtype, prompt_prefix=args.prompt_prefix or ""
+                source.folder, codebook_size=info.codebook_size, grid=grid, dtype=args.dtype, prompt_prefix=args.prompt_prefix or ""
             )
         if args.attn_implementation:
             policy.model.set_attn_implementation(args.attn_implementation)

@@ -21,6 +21,7 @@ SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
     "ablate": ("rl.ablate", "main", "run recipe variants (e.g. short/long prompts) and compare them"),
     "plot": ("rl.plot", "main", "overlay reward curves of one or more runs"),
 }
+SUBCOMMANDS["export"] = ("rl.export", "main", "turn a run, checkpoint, LoRA run or sharded checkpoint into a plain HF folder")
 
 
 def _usage() -> str:

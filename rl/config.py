@@ -7,6 +7,7 @@ trl.ModelConfig)``: YAML sets defaults, ``--key value`` overrides, unknown keys 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -50,6 +51,10 @@ class ScriptArguments:
     codec_patch: int = field(default=8, metadata={"help": "Palette codec: pixels per patch side."})
     resolution: int | None = field(
         default=None, metadata={"help": "Image side in pixels; sets the grid via the codec (e.g. 1024 -> 64x64)."}
+    )
+    base_model: str | None = field(
+        default=None,
+        metadata={"help": "model_name_or_path is a LoRA run whose recorded base model has moved: the base's folder."},
     )
     tiny_hidden_size: int = field(default=128, metadata={"help": "model_name_or_path: tiny -> hidden size."})
     tiny_num_layers: int = field(default=2, metadata={"help": "model_name_or_path: tiny -> layers."})
@@ -326,3 +331,25 @@ def refuse_unworkable(args: ImageGRPOConfig) -> None:
         raise ValueError(
             "set reward weights inside the `rewards` list ({name: ..., weight: ...}), not with reward_weights"
         )
+
+
+#: GRPO keys a run records next to its weights (``simplear_policy.json``) for its model card.
+RECORDED_KEYS = (
+    "rewards", "reward_aggregation", "learning_rate", "lr_scheduler_type", "beta", "loss_type", "num_generations",
+    "per_device_train_batch_size", "gradient_accumulation_steps", "max_steps", "cfg_scale", "logprob_mode",
+    "temperature", "top_k", "top_p", "prompt_prefix", "rollout_backend", "seed",
+)
+
+
+def run_recipe(args: "ImageGRPOConfig") -> dict[str, Any]:
+    """The recipe values of a GRPO run that its records keep (JSON-safe)."""
+    recipe = {"stage": "grpo"}
+    for key in RECORDED_KEYS:
+        value = getattr(args, key, None)
+        recipe[key] = value if isinstance(value, (str, int, float, bool, list, dict, type(None))) else str(value)
+    if isinstance(recipe.get("rewards"), list):  # a reward's credentials never reach a saved record
+        recipe["rewards"] = [
+            {k: v for k, v in spec.items() if not re.search(r"key|token|secret|password", k, re.I)}
+            if isinstance(spec, dict) else spec for spec in recipe["rewards"]
+        ]
+    return json.loads(json.dumps(recipe, default=str))

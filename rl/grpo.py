@@ -17,7 +17,8 @@ from trl import ModelConfig, get_peft_config
 
 from policies.codecs import build_codec
 from policies.commands import command
-from policies.loading import Policy, check_model_folder, load_policy
+from policies.loading import Policy, load_policy, load_source
+from policies.sources import resolve_source
 from policies.recipes import RecipeParser
 from policies.tiny import build_tiny_policy, caption_words
 from pretrain_sft.checkpoints import last_complete_checkpoint, prepare_output_dir
@@ -38,8 +39,8 @@ def check_paths(script: ScriptArguments, model_args: ModelConfig) -> None:
     """Every local path a recipe names exists, before anything heavy loads."""
     if not model_args.model_name_or_path:
         raise ValueError("model_name_or_path is required (a policy checkpoint folder, or `tiny` for a random tiny policy)")
-    if model_args.model_name_or_path != TINY:
-        check_model_folder(model_args.model_name_or_path)
+    if model_args.model_name_or_path != TINY:  # a model folder, a run, a checkpoint, a LoRA run or a sharded one
+        resolve_source(model_args.model_name_or_path, base=script.base_model)
     if not script.train_prompts:
         raise ValueError("train_prompts is required: a JSONL/JSON/.txt prompt file or a datasets folder")
     for key in ("train_prompts", "eval_prompts"):
@@ -58,6 +59,8 @@ def build_codec_for(script: ScriptArguments, device: str | None = None, model_pa
     inside a Janus / Emu3 checkpoint: ``codec_path``, by default the policy folder)."""
     if script.codec == "palette":
         return build_codec("palette", levels=script.codec_levels, patch=script.codec_patch)
+    if script.codec == "vqvae" and model_path is not None and model_path != TINY:
+        model_path = resolve_source(model_path, base=script.base_model).model_folder  # an adapter's base holds the VQ-VAE
     path = script.codec_path or (model_path if script.codec == "vqvae" else None)
     return build_codec(script.codec, path=path, device=device, dtype=script.codec_dtype)
 
@@ -100,7 +103,17 @@ def build_policy(script: ScriptArguments, model_args: ModelConfig, output_dir: s
                 ).save(init_dir)
         return load_policy(init_dir, dtype=model_args.dtype)
     grid = codec.grid_for(script.resolution) if script.resolution else None
-    return load_policy(model_args.model_name_or_path, dtype=model_args.dtype, grid=grid)
+    source = resolve_source(model_args.model_name_or_path, base=script.base_model)
+    if source.kind == "model":
+        return load_source(source, dtype=model_args.dtype, grid=grid)
+    # A LoRA run (merged) or a sharded checkpoint (consolidated) is written out once as the run's starting
+    # folder: every rank loads the same weights, and TRL's reference model (beta > 0) reloads this policy.
+    init_dir = Path(output_dir) / "init-policy"
+    state = PartialState()
+    with state.main_process_first():
+        if state.is_main_process:
+            load_source(source, dtype="float32").save(init_dir)
+    return load_policy(init_dir, dtype=model_args.dtype, grid=grid)
 
 
 def build_trainer(script: ScriptArguments, args: ImageGRPOConfig, model_args: ModelConfig, callbacks=None):

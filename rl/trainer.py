@@ -34,11 +34,12 @@ from policies.loading import Policy
 from policies.rollout_weights import RolloutWeights
 from policies.sampler import sample_images
 from policies.sharding import fsdp2_rollout
+from policies.sources import write_policy_record
 from policies.static_sampler import COMPILE_STATS
 from policies.scoring import guided_token_logprobs
 
 from .callbacks import MetricsFileCallback, RewardCurveCallback, RewardProgressCallback
-from .config import ImageGRPOConfig
+from .config import ImageGRPOConfig, run_recipe
 
 logger = logging.getLogger(__name__)
 
@@ -159,6 +160,22 @@ class ImageGRPOTrainer(GRPOTrainer):
         self._seed_calls[key] += 1
         entropy = [self.args.seed, self.state.global_step, int(mode == "eval"), self.accelerator.process_index, call]
         return [int(s) for s in np.random.SeedSequence(entropy).generate_state(n, dtype=np.uint32)]
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        """Save as TRL does, plus the policy record (family, layout, templates, codec, recipe) that lets a LoRA
+        adapter or a sharded checkpoint load as this policy anywhere (:mod:`policies.sources`)."""
+        super().save_model(output_dir, _internal_call=_internal_call)
+        if not self.args.should_save:
+            return
+        out = Path(output_dir or self.args.output_dir)
+        model = self.accelerator.unwrap_model(self.model)
+        config = model.config
+        if not (out / "config.json").exists() and not (out / "adapter_config.json").exists():
+            # An engine that saved no whole weights (FSDP2 sharded state dict): config and tokenizer for consolidation.
+            config.save_pretrained(out)
+            self.processing_class.save_pretrained(out)
+        write_policy_record(out, config.model_type, self.vocab.to_dict(), getattr(config, "_name_or_path", None),
+                            run_recipe(self.args))
 
     def _generate(self, prompts: list):
         mode = "train" if self.model.training else "eval"

@@ -54,9 +54,11 @@ def engine_launch(engine: str) -> tuple[list[str], dict[str, str], list[str]]:
 
 
 def launch(engine: str, target: str, args: list[str], log: Path, timeout: int = 900,
-           env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    """Run ``target`` (a module, or a script path) on 2 CPU processes under ``engine``; output goes to ``log``."""
-    flags, engine_env, extra = engine_launch(engine)
+           env: dict[str, str] | None = None, flags: list[str] | None = None) -> subprocess.CompletedProcess:
+    """Run ``target`` (a module, or a script path) on 2 CPU processes under ``engine``; output goes to ``log``.
+    ``flags``: more ``accelerate launch`` flags (e.g. ``--fsdp_state_dict_type SHARDED_STATE_DICT``)."""
+    engine_flags, engine_env, extra = engine_launch(engine)
+    flags = [*engine_flags, *(flags or [])]
     base = {k: v for k, v in os.environ.items() if k not in ("ACCELERATE_USE_CPU", "DS_ACCELERATOR")}
     full_env = {**base, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), **engine_env, **(env or {})}
     cmd = [str(Path(os.sys.executable).parent / "accelerate"), "launch", *flags, "--num_processes", "2",

@@ -18,9 +18,11 @@ from transformers import AutoModelForCausalLM, Qwen2ForCausalLM
 
 from engine_helpers import REPO, SHARDED, engine_artefacts, launch, metrics, tail
 from policies import SamplingConfig, load_policy, sample_images
+from policies.sources import resolve_source
 from policies.tiny import build_word_tokenizer, tiny_qwen2_config
 from pretrain_sft.demo_data import write_image_folder
 from pretrain_sft.extract import ExtractArguments, extract
+from rl.cli import main as cli
 from rl.curves import read_metrics
 
 GRPO = ["--config", str(REPO / "recipes/tiny/grpo.yaml"), "--train_prompts", str(REPO / "recipes/tiny/prompts.jsonl"),
@@ -202,3 +204,56 @@ def test_pretraining_and_sft_under_each_engine_take_the_ddp_steps(runs, engine, 
     assert engine_artefacts(engine, run / "checkpoint-2")
     assert_same_steps(run, getattr(runs, stage)("ddp"))
     assert_loads_and_samples(run, reference=getattr(runs, stage)("ddp"))
+
+
+# ------------------------------------------------------------------------------------------------- export
+
+
+def sampled_codes(policy) -> torch.Tensor:
+    prompts = policy.encode_prompts(["a red square", "a blue circle"])
+    return sample_images(policy.model, policy.vocab, prompts, policy.encode_uncond(), SamplingConfig(cfg_scale=3.0),
+                         seeds=[5, 6], pad_id=policy.pad_id).codes
+
+
+def assert_exports_the_runs_weights(checkpoint: Path, run: Path, out: Path, step: int) -> None:
+    """``export checkpoint`` writes the run's final weights exactly (fp32) and they sample the run's codes."""
+    assert cli(["export", str(checkpoint), "--out", str(out)]) == 0
+    own = load_policy(run, dtype="float32")
+    exported = AutoModelForCausalLM.from_pretrained(out).state_dict()
+    for name, tensor in own.model.state_dict().items():
+        assert torch.equal(exported[name], tensor), name
+    policy = load_policy(out)
+    assert policy.vocab == own.vocab and policy.vocab.codec == own.vocab.codec
+    assert torch.equal(sampled_codes(policy), sampled_codes(own))
+    assert f"| training step | {step} |" in (out / "README.md").read_text()
+
+
+@pytest.mark.parametrize("engine", SHARDED)
+def test_a_sharded_checkpoint_exports_the_engines_consolidated_weights_that_sample_the_runs_codes(runs, engine, tmp_path):
+    """The fp32 weights come from the engine's own files (ZeRO-3 partitions through deepspeed's zero_to_fp32, FSDP2
+    through accelerate), not from the 16-bit copy beside them; they equal the run's final weights (same step)."""
+    run = runs.grpo(engine)
+    checkpoint = run / "checkpoint-2"
+    assert resolve_source(checkpoint, prefer_engine=True).kind == engine
+    assert_exports_the_runs_weights(checkpoint, run, tmp_path / "export", step=2)
+
+
+@pytest.mark.slow
+def test_an_fsdp2_sharded_state_dict_run_loads_exports_and_continues(tmp_path):
+    """With ``fsdp_state_dict_type: SHARDED_STATE_DICT`` no whole weights are written anywhere: the run folder
+    stands for its newest checkpoint, whose shards accelerate's merge_fsdp_weights consolidates."""
+    run = tmp_path / "run"
+    log = tmp_path / "run.log"
+    result = launch("fsdp", "rl.grpo", [*GRPO, *VARIANTS["full"], "--output_dir", str(run)], log,
+                    flags=["--fsdp_state_dict_type", "SHARDED_STATE_DICT"])
+    assert result.returncode == 0, tail(log)
+    assert (run / "checkpoint-2" / "pytorch_model_fsdp_0").is_dir()
+    source = resolve_source(run)
+    assert source.kind == "fsdp" and source.folder.name == "checkpoint-2"
+    out = tmp_path / "export"
+    assert cli(["export", str(run), "--out", str(out)]) == 0
+    reference = AutoModelForCausalLM.from_pretrained(out).state_dict()
+    policy = load_policy(run, dtype="float32")
+    for name, tensor in policy.model.state_dict().items():
+        assert torch.equal(reference[name], tensor), name
+    assert cli(["generate", "--model", str(run), "--prompts", "a red square", "--out", str(tmp_path / "images")]) == 0

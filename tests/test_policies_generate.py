@@ -123,3 +123,21 @@ def test_malformed_jsonl_names_the_line(tmp_path, capsys):
 def test_a_model_needs_prompts(tiny_checkpoint, tmp_path, capsys):
     assert main(["--model", str(tiny_checkpoint), "--codec", "palette", "--out", str(tmp_path / "o")]) == 2
     assert "no prompts" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("negative", [None, "blurry"])
+def test_every_template_is_formatted_with_the_grid_actually_sampled(tmp_path, negative):
+    """An Emu3 checkpoint's templates carry the grid (``{height}*{width}``): with ``--resolution`` both the
+    unconditional template and a ``--uncond_prompt`` negative prompt name the sampled grid, not the checkpoint's."""
+    from policies.tiny_families import save_tiny_emu3
+
+    folder = save_tiny_emu3(tmp_path / "emu3")  # records no layout: the family's default grid is 90x90
+    out = tmp_path / "out"
+    extra = [] if negative is None else ["--uncond_prompt", negative]
+    assert main(["--model", str(folder), "--prompts", "a red square", "--resolution", "24", "--out", str(out),
+                 "--dtype", "float32", *extra]) == 0
+    (record,) = read_metadata(out)
+    assert record["grid"] == [3, 3]  # 24 px / the VQ-VAE's 8x downsampling
+    assert "3*3" in record["uncond_prompt"] and "90*90" not in record["uncond_prompt"]
+    if negative is not None:
+        assert negative in record["uncond_prompt"]

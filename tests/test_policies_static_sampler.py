@@ -131,3 +131,26 @@ def test_bf16_rollouts_under_autocast_and_on_bf16_weights_stay_within_bf16_round
             eager, compiled = sample_both(policy, prompts, config, [1, 2, 3], fp32_head=True)
         assert (compiled.codes == eager.codes).float().mean() > 0.9
         assert (compiled.logprobs - eager.logprobs).abs().max() < 0.05  # bf16 rounding, not another distribution
+
+
+@pytest.mark.slow  # a second compilation: tens of seconds on CPU
+def test_prompts_longer_than_the_prompt_block_rebuild_the_cache_compile_once_more_and_draw_the_eager_samples(
+        compiled_tiny):
+    """A prompt past PROMPT_BLOCK tokens outgrows the bucket's static cache: it is rebuilt at the next multiple of the
+    block, the decode step compiles for that shape, and the samples are still the eager loop's; the next call of
+    the same shape reuses both. (Last in the file: it grows the shared fixture's engine.)"""
+    policy, config = compiled_tiny
+    prompts = policy.encode_prompts([" ".join(["a", "red", "square"] * 30), *REPEATS, "cat"])  # the fixture's bucket
+    assert max(len(p) for p in prompts) > PROMPT_BLOCK
+    engines = static_sampler._ENGINES[decoder_of(policy.model)]
+    assert max(e.capacity for e in engines.values()) == PROMPT_BLOCK
+    before = COMPILE_STATS.compiles
+    eager, compiled = sample_both(policy, prompts, config, [41, 42, 43, 44])
+    assert_same_samples(eager, compiled)
+    assert max(e.capacity for e in engines.values()) == 2 * PROMPT_BLOCK, "the cache was not rebuilt larger"
+    assert COMPILE_STATS.compiles > before, "the decode step ran on the larger cache without a new graph"
+    settled = COMPILE_STATS.compiles
+    again = sample_images(policy.model, policy.vocab, prompts, policy.encode_uncond(), config, [41, 42, 43, 44],
+                          pad_id=policy.pad_id, backend="compiled")
+    assert torch.equal(again.codes, compiled.codes)
+    assert COMPILE_STATS.compiles == settled

@@ -83,6 +83,20 @@ def test_compiled_rollouts_give_the_trainer_the_log_probs_it_computes_from_one_c
     assert second["rollout/compiles"] == first["rollout/compiles"], "the second GRPO step compiled the decode step again"
 
 
+@pytest.mark.slow  # a compilation of its own: about a minute on 2 busy CPU cores
+def test_lora_grpo_on_the_compiled_backend_scores_what_it_sampled_and_keeps_one_graph(tmp_path):
+    """LoRA adapters inside the compiled decode step: the trainer's log-probs equal the sampler's, and the adapter's
+    update between steps (new values, same shapes) compiles no new graph."""
+    records = run_tiny(tmp_path, "--max_steps", "2", "--rollout_backend", "compiled", "--sample_every", "0",
+                       "--save_steps", "1000", "--use_peft", "true", "--lora_r", "4", "--lora_target_modules", "q_proj",
+                       "v_proj", "--learning_rate", "1e-2")
+    assert (tmp_path / "adapter_config.json").exists()
+    assert max(r["sampling/logprob_gap/max"] for r in records) < 1e-4
+    first, second = records
+    assert first["rollout/compiles"] >= 1
+    assert second["rollout/compiles"] == first["rollout/compiles"], "the second LoRA step compiled the decode step again"
+
+
 def test_guided_mode_applies_the_samplers_top_k_and_top_p_truncation_too(tmp_path):
     records = run_tiny(tmp_path, "--max_steps", "1", "--top_k", "16", "--top_p", "0.8", "--sample_every", "0")
     assert records[0]["sampling/logprob_gap/max"] < 1e-4
