@@ -56,6 +56,8 @@ class ImageGRPOTrainer(GRPOTrainer):
         args: :class:`rl.config.ImageGRPOConfig`.
         train_dataset / eval_dataset: prompt sets whose ``prompt`` column is the caption.
         peft_config: a ``peft.LoraConfig`` for LoRA training (reference = adapter disabled).
+        monitor_rewards: a ``rewards.RewardSuite`` scored on every rollout and logged, never optimised.
+        monitor_prompts: a held-out prompt set sampled at fixed seeds every ``monitor_steps`` (rl/monitor.py).
     """
 
     def __init__(
