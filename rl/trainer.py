@@ -141,10 +141,11 @@ class ImageGRPOTrainer(GRPOTrainer):
         self.add_callback(RewardCurveCallback(args.output_dir, smoothing=args.reward_curve_smoothing))
         #: Monitor rewards and group diversity of every training rollout (see rl/monitor.py).
         self.rollout_watch = RolloutWatch(rewards, monitor_rewards)
-        if monitor_prompts is not None:
-            self.add_callback(HeldOutMonitor(self, monitor_prompts, [rewards] + ([monitor_rewards] if monitor_rewards else [])))
+        # Alerts first: on resume they replay metrics.jsonl before the held-out monitor logs anything.
         self.alerts = AlertCallback(args.output_dir, args.alerts, stop_on_alert=args.stop_on_alert)
         self.add_callback(self.alerts)
+        if monitor_prompts is not None:
+            self.add_callback(HeldOutMonitor(self, monitor_prompts, [rewards] + ([monitor_rewards] if monitor_rewards else [])))
 
     @property
     def use_vllm(self) -> bool:
