@@ -168,7 +168,7 @@ class HeldOutMonitor(TrainerCallback):
             images = F.interpolate(images, size=_shrunk(images.shape[-2:]), mode="bilinear", antialias=True)
         captions = [self.captions[k] + " | " + ", ".join(f"{n}={table[k, j]:.3f}" for j, n in enumerate(names))
                     for k in firsts]
-        save_png(captioned_grid(images, captions, ncol=len(firsts)), self.folder / f"step_{step}.png")
+        save_png(captioned_grid(images, captions, ncol=len(firsts), caption_lines=6), self.folder / f"step_{step}.png")
 
 
 def _shrunk(size) -> tuple[int, int]:
