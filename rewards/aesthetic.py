@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import Reward, resolve_dtype
+from .embeddings import ImageEmbeddings
 from .errors import RewardCheckpointError
 from .openclip_models import load_openclip
 from .preprocess import openclip_eval_transform
@@ -81,7 +82,7 @@ def load_aesthetic_head(path: str, device: torch.device) -> AestheticMLP:
 
 
 @register_reward("aesthetic")
-class AestheticReward(Reward):
+class AestheticReward(ImageEmbeddings, Reward):
     """LAION aesthetic score (a 1-10 rating scale): the improved predictor's MLP on normalised CLIP ViT-L/14 features.
 
     Images go through open_clip's evaluation transform for ``arch`` (shortest side resized to 224,
@@ -123,4 +124,5 @@ class AestheticReward(Reward):
     def score_batch(self, images: torch.Tensor, prompts: list[str], **metadata: Any) -> torch.Tensor:
         pixels = self._transform(images).to(self.device, self.clip.dtype)
         embeddings = F.normalize(self.clip.model.encode_image(pixels).float(), dim=-1)
+        self.keep_image_embeddings(embeddings)
         return self.head(embeddings).squeeze(-1)

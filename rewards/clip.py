@@ -9,12 +9,13 @@ import torch
 
 from .base import Reward, resolve_dtype
 from .errors import RewardConfigError
-from .openclip_models import cosine_scores, load_openclip
+from .embeddings import ImageEmbeddings
+from .openclip_models import cosine_scores_and_image_features, load_openclip
 from .preprocess import openclip_eval_transform, simplear_pixels
 from .registry import register_reward
 
 
-class OpenCLIPReward(Reward):
+class OpenCLIPReward(ImageEmbeddings, Reward):
     """An open_clip model loaded from a local file that scores image/caption cosine similarity.
 
     Subclasses choose the preprocessing (:meth:`prepare_pixels`). The model is loaded at
@@ -42,7 +43,9 @@ class OpenCLIPReward(Reward):
         raise NotImplementedError
 
     def score_batch(self, images: torch.Tensor, prompts: list[str], **metadata: Any) -> torch.Tensor:
-        return cosine_scores(self.clip, self.prepare_pixels(images), prompts)
+        scores, image_features = cosine_scores_and_image_features(self.clip, self.prepare_pixels(images), prompts)
+        self.keep_image_embeddings(image_features)
+        return scores
 
 
 @register_reward("clip")

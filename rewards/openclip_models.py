@@ -130,9 +130,14 @@ def cosine_scores(clip: LoadedCLIP, pixels: torch.Tensor, prompts: list[str]) ->
     ``pixels`` are already preprocessed for the model. Each distinct prompt is encoded once (GRPO
     repeats every prompt ``num_generations`` times).
     """
+    return cosine_scores_and_image_features(clip, pixels, prompts)[0]
+
+
+def cosine_scores_and_image_features(clip: LoadedCLIP, pixels: torch.Tensor, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`cosine_scores` and the normalised image features ``[B, D]`` it computed."""
     position = {p: i for i, p in enumerate(dict.fromkeys(prompts))}
     tokens = clip.tokenizer(list(position)).to(clip.device)
     text = F.normalize(clip.model.encode_text(tokens).float(), dim=-1)
     image = F.normalize(clip.model.encode_image(pixels.to(clip.device, clip.dtype)).float(), dim=-1)
     rows = torch.tensor([position[p] for p in prompts], device=text.device)
-    return (image * text[rows]).sum(-1)
+    return (image * text[rows]).sum(-1), image

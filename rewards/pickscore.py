@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from .base import Reward, resolve_dtype
+from .embeddings import ImageEmbeddings
 from .errors import RewardCheckpointError
 from .registry import register_reward
 
@@ -88,7 +89,7 @@ def clear_model_cache() -> None:
 
 
 @register_reward("pickscore")
-class PickScoreReward(Reward):
+class PickScoreReward(ImageEmbeddings, Reward):
     """PickScore v1 human preference: logit_scale.exp() times the cosine of CLIP-H image and caption features.
 
     Images are quantised to 8 bits (as the saved pictures PickScore was trained and evaluated on)
@@ -128,5 +129,6 @@ class PickScoreReward(Reward):
         image = model.get_image_features(pixel_values=pixels.to(self.device, self.pickscore.dtype)).pooler_output
         text = model.get_text_features(**tokens).pooler_output
         image, text = F.normalize(image.float(), dim=-1), F.normalize(text.float(), dim=-1)
+        self.keep_image_embeddings(image)
         rows = torch.tensor([position[p] for p in prompts], device=text.device)
         return model.logit_scale.exp().float() * (image * text[rows]).sum(-1)

@@ -20,6 +20,7 @@ SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
     "eval": ("rl.evaluate", "main", "benchmark layouts (geneval, dpg) and reward evaluation"),
     "ablate": ("rl.ablate", "main", "run recipe variants (e.g. short/long prompts) and compare them"),
     "plot": ("rl.plot", "main", "overlay reward curves of one or more runs"),
+    "report": ("rl.run_report", "main", "rebuild a GRPO run's report.html / report.md (curves, alerts, filmstrip)"),
 }
 SUBCOMMANDS["export"] = ("rl.export", "main", "turn a run, checkpoint, LoRA run or sharded checkpoint into a plain HF folder")
 

@@ -21,6 +21,8 @@ from policies.rollout_weights import ROLLOUT_WEIGHTS
 from pretrain_sft.checkpoints import OVERWRITE_HELP
 from pretrain_sft.config import check_bf16_device
 
+from .alerts import resolve_rules
+
 LOGPROB_MODES = ("auto", "guided", "conditional")
 ROLLOUT_PRECISIONS = ("auto", "float32", "bfloat16")
 SWITCHES = ("auto", "true", "false")
@@ -36,6 +38,12 @@ class ScriptArguments:
         metadata={"help": "Prompt set: JSONL / JSON / .txt file or HF datasets folder with a `prompt` column."},
     )
     eval_prompts: str | None = field(default=None, metadata={"help": "Held-out prompt set (same formats)."})
+    monitor_prompts: str | None = field(
+        default=None,
+        metadata={"help": "Held-out prompt set (same formats) sampled every monitor_steps at fixed seeds and scored "
+                  "with the trained and the monitor rewards (heldout/<name>/mean); its pictures make the report's "
+                  "filmstrip."},
+    )
     prompt_length: str = field(
         default="short",
         metadata={"help": "Which caption to train on: short (`prompt`), long (`long_prompt`) or mix (random per row).",
@@ -180,6 +188,32 @@ class ImageGRPOConfig(GRPOConfig):
         default=0.8, metadata={"help": "EMA factor of the smoothed line in reward_curve.png."}
     )
     overwrite_output_dir: bool = field(default=False, metadata={"help": OVERWRITE_HELP})
+    monitor_rewards: list[str] | None = field(
+        default=None,
+        metadata={"help": "Rewards scored and logged (monitor/<name>/mean|std) but never optimised: weight 0 in the "
+                  "advantage. Same spec syntax as `rewards`."},
+    )
+    monitor_steps: int = field(
+        default=50, metadata={"help": "Score the monitor_prompts at step 0, every N steps and at the last step."}
+    )
+    monitor_num_prompts: int = field(default=8, metadata={"help": "Held-out prompts used: the first N of monitor_prompts."})
+    monitor_images_per_prompt: int = field(
+        default=2, metadata={"help": "Held-out images per prompt (fixed seeds; 2 or more also log heldout/diversity)."}
+    )
+    monitor_seed: int = field(default=1234, metadata={"help": "Seed of the held-out images (image k uses seed + k)."})
+    alerts: dict | str | None = field(
+        default=None,
+        metadata={"help": "Alert rule overrides: a mapping rule -> {parameter: value} | false, e.g. "
+                  "{kl_spike: {factor: 3}, diversity_floor: false}. Rules: reward_divergence, diversity_floor, "
+                  "diversity_drop, entropy_collapse, kl_spike (see docs/monitoring.md)."},
+    )
+    stop_on_alert: bool = field(
+        default=False,
+        metadata={"help": "When an alert fires, save a checkpoint and stop (exit 0) with a message saying why."},
+    )
+    write_report: bool = field(
+        default=True, metadata={"help": "Write report.html and report.md (simplear-rl report) at the end of training."}
+    )
     # transformers 5.23+ deprecates `gradient_checkpointing` for `activation_checkpointing`, and TRL 1.16's
     # GRPOConfig still sets the OLD name's default to True, which makes every config warn (FutureWarning). TRL's
     # default (on) is kept on the new name and the old one is left unset: TrainingArguments.__post_init__ mirrors
@@ -199,6 +233,8 @@ class ImageGRPOConfig(GRPOConfig):
 
     def __post_init__(self) -> None:
         self.rewards = normalise_reward_specs(self.rewards)
+        self.monitor_rewards = normalise_reward_specs(self.monitor_rewards)
+        resolve_rules(self.alerts)  # refuses unknown rules and parameters up front
         if self.bf16 is None:  # TRL defaults to bf16, which fails on machines without it (CPU laptops)
             self.bf16 = not self.fp16 and bf16_available()
         if self.activation_checkpointing is None and self.gradient_checkpointing is None:
@@ -327,6 +363,13 @@ def refuse_unworkable(args: ImageGRPOConfig) -> None:
         raise ValueError(f"rollout_backend must be one of {', '.join(ROLLOUT_BACKENDS)}, got {args.rollout_backend!r}")
     if args.logprob_chunk_size < 1:
         raise ValueError(f"logprob_chunk_size must be >= 1, got {args.logprob_chunk_size}")
+    for key in ("monitor_steps", "monitor_num_prompts", "monitor_images_per_prompt"):
+        if getattr(args, key) < 1:
+            raise ValueError(f"{key} must be >= 1, got {getattr(args, key)}")
+    clash = sorted({s.get("as", s["name"]) for s in args.rewards or []} & {s.get("as", s["name"]) for s in args.monitor_rewards or []})
+    if clash:
+        raise ValueError(f"monitor_rewards repeat the trained reward(s) {clash}; a monitor reward needs its own metric "
+                         f"name: add `as: {clash[0]}_monitor` to its entry")
     if args.reward_weights is not None and args.rewards:
         raise ValueError(
             "set reward weights inside the `rewards` list ({name: ..., weight: ...}), not with reward_weights"

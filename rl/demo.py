@@ -132,6 +132,7 @@ def grpo_stage(p: Pipeline) -> None:
     p.stage("grpo", out / "grpo" / "train_summary.json", grpo_main,
             ["--config", recipe_path(c.grpo), "--model_name_or_path", str(out / "sft"),
              "--train_prompts", str(out / "data" / "train_prompts.jsonl"), "--output_dir", str(out / "grpo"),
+             "--monitor_prompts", str(out / "data" / "eval_prompts.jsonl"),
              *(QUICK["grpo"] if c.quick else [])], resumable=True)
 
 
@@ -185,7 +186,9 @@ def write_report(p: Pipeline, results: dict[str, dict[str, dict]]) -> Path:
         "| --- | --- |",
         "| ![before](samples_before.png) | ![after](samples_after.png) |",
         "",
-        "Training curves: `grpo/reward_curve.png`, `grpo/metrics.jsonl`; samples during GRPO: `grpo/samples/`.",
+        "Training curves: `grpo/reward_curve.png`, `grpo/metrics.jsonl`; samples during GRPO: `grpo/samples/`. "
+        "Run report (trained and held-out reward curves, alerts, filmstrip of held-out prompts at fixed seeds): "
+        "[grpo/report.html](grpo/report.html), [grpo/report.md](grpo/report.md).",
         "",
         "## Stages",
         "",

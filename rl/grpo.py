@@ -43,7 +43,7 @@ def check_paths(script: ScriptArguments, model_args: ModelConfig) -> None:
         resolve_source(model_args.model_name_or_path, base=script.base_model)
     if not script.train_prompts:
         raise ValueError("train_prompts is required: a JSONL/JSON/.txt prompt file or a datasets folder")
-    for key in ("train_prompts", "eval_prompts"):
+    for key in ("train_prompts", "eval_prompts", "monitor_prompts"):
         value = getattr(script, key)
         if value and not Path(value).expanduser().exists():
             raise FileNotFoundError(f"{key} {value!r} does not exist")
@@ -141,9 +141,15 @@ def build_trainer(script: ScriptArguments, args: ImageGRPOConfig, model_args: Mo
                         seed=args.seed)
         if script.eval_prompts else None
     )
+    monitor = (
+        load_prompt_set(script.monitor_prompts, script.prompt_length, script.prompt_column, script.long_prompt_column,
+                        seed=args.seed)
+        if script.monitor_prompts else None
+    )
     reward_suite = build_rewards(args.rewards, device=PartialState().device, aggregation=args.reward_aggregation)
+    monitor_suite = build_rewards(args.monitor_rewards, device=PartialState().device) if args.monitor_rewards else None
     codec = build_codec_for(script, model_path=model_args.model_name_or_path)
-    policy = build_policy(script, model_args, args.output_dir, codec, prompt_words(train, evaluation))
+    policy = build_policy(script, model_args, args.output_dir, codec, prompt_words(train, evaluation, monitor))
     policy.family.prepare_for_training(policy.model)
     return ImageGRPOTrainer(
         policy=policy,
@@ -154,6 +160,8 @@ def build_trainer(script: ScriptArguments, args: ImageGRPOConfig, model_args: Mo
         eval_dataset=evaluation,
         peft_config=scoped_peft_config(model_args, policy),
         callbacks=callbacks,
+        monitor_rewards=monitor_suite,
+        monitor_prompts=monitor,
     )
 
 
@@ -186,7 +194,17 @@ def train_and_save(trainer, args: ImageGRPOConfig, resume: str | None):
     trainer.save_model(args.output_dir)
     finish_wandb(args)
     if trainer.accelerator.is_main_process:
-        logger.info("GRPO finished: metrics, reward_curve.png and samples/ are in %s", args.output_dir)
+        if args.write_report:
+            from .run_report import build_run_report
+
+            build_run_report(args.output_dir)
+        logger.info("GRPO finished: metrics, reward_curve.png, samples/ and report.html are in %s", args.output_dir)
+        alert = trainer.alerts.stopped_by
+        if alert is not None:
+            print(f"simplear-rl grpo: stopped at step {alert.step} because alert {alert.rule} fired (stop_on_alert: "
+                  f"true): {alert.message}. Saved {Path(args.output_dir) / f'checkpoint-{alert.step}'}; look at "
+                  f"{Path(args.output_dir) / 'report.html'}, then continue with --resume_from_checkpoint last "
+                  "(a condition that still holds does not fire again) or change the recipe.", file=sys.stderr, flush=True)
     return trainer
 
 

@@ -38,8 +38,10 @@ from policies.sources import write_policy_record
 from policies.static_sampler import COMPILE_STATS
 from policies.scoring import guided_token_logprobs
 
+from .alerts import AlertCallback
 from .callbacks import MetricsFileCallback, RewardCurveCallback, RewardProgressCallback
 from .config import ImageGRPOConfig, run_recipe
+from .monitor import HeldOutMonitor, RolloutWatch
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +58,8 @@ class ImageGRPOTrainer(GRPOTrainer):
         args: :class:`rl.config.ImageGRPOConfig`.
         train_dataset / eval_dataset: prompt sets whose ``prompt`` column is the caption.
         peft_config: a ``peft.LoraConfig`` for LoRA training (reference = adapter disabled).
+        monitor_rewards: a ``rewards.RewardSuite`` scored on every rollout and logged, never optimised.
+        monitor_prompts: a held-out prompt set sampled at fixed seeds every ``monitor_steps`` (rl/monitor.py).
     """
 
     def __init__(
@@ -68,6 +72,8 @@ class ImageGRPOTrainer(GRPOTrainer):
         eval_dataset=None,
         peft_config=None,
         callbacks=None,
+        monitor_rewards=None,
+        monitor_prompts=None,
     ):
         vocab = policy.vocab.replace(prompt_prefix=args.prompt_prefix)
         if args.cond_template:
@@ -77,9 +83,10 @@ class ImageGRPOTrainer(GRPOTrainer):
         check_codec_matches(codec, vocab.codebook_size, vocab.grid)
         vocab = vocab.with_codec(codec_record(codec))
         vocab.attach_to_config(policy.model.config)  # checkpoints carry the layout, templates and codec
-        for dataset in (train_dataset, eval_dataset):
-            if dataset is not None:
-                rewards.validate_columns(set(dataset.column_names))
+        for dataset in (train_dataset, eval_dataset, monitor_prompts):
+            for suite in (rewards, monitor_rewards):
+                if dataset is not None and suite is not None:
+                    suite.validate_columns(set(dataset.column_names))
         if args.max_completion_length != vocab.completion_length:
             logger.info("max_completion_length set to the completion length %d", vocab.completion_length)
             args.max_completion_length = vocab.completion_length
@@ -135,6 +142,13 @@ class ImageGRPOTrainer(GRPOTrainer):
         self.add_callback(RewardProgressCallback())
         self.add_callback(MetricsFileCallback(args.output_dir))
         self.add_callback(RewardCurveCallback(args.output_dir, smoothing=args.reward_curve_smoothing))
+        #: Monitor rewards and group diversity of every training rollout (see rl/monitor.py).
+        self.rollout_watch = RolloutWatch(rewards, monitor_rewards)
+        # Alerts first: on resume they replay metrics.jsonl before the held-out monitor logs anything.
+        self.alerts = AlertCallback(args.output_dir, args.alerts, stop_on_alert=args.stop_on_alert)
+        self.add_callback(self.alerts)
+        if monitor_prompts is not None:
+            self.add_callback(HeldOutMonitor(self, monitor_prompts, [rewards] + ([monitor_rewards] if monitor_rewards else [])))
 
     @property
     def use_vllm(self) -> bool:
@@ -177,13 +191,9 @@ class ImageGRPOTrainer(GRPOTrainer):
         write_policy_record(out, config.model_type, self.vocab.to_dict(), getattr(config, "_name_or_path", None),
                             run_recipe(self.args))
 
-    def _generate(self, prompts: list):
-        mode = "train" if self.model.training else "eval"
-        if not all(isinstance(p, str) for p in prompts):
-            raise TypeError("image GRPO expects plain-text prompts (the caption), not conversations")
-        prompt_ids = self.policy.encode_prompts(prompts)
-        seeds = self._rollout_seeds(len(prompts), mode)
-        start = time.perf_counter()
+    def sample_grids(self, prompt_ids: list[list[int]], seeds: list[int]):
+        """CFG-sample code grids for ``prompt_ids`` at ``seeds`` with the current policy and decode them:
+        ``(rollout, images in [0, 1])``. Changes no trainer state (rollouts and the held-out monitor use it)."""
         with (
             unwrap_model_for_generation(
                 self.model_wrapped,
@@ -202,6 +212,16 @@ class ImageGRPOTrainer(GRPOTrainer):
                     pad_id=self._pad_id, fp32_head=self.args.fp32_visual_head, backend=self.args.rollout_backend,
                 )
             images = to_unit(self.codec.decode(rollout.codes))
+        return rollout, images
+
+    def _generate(self, prompts: list):
+        mode = "train" if self.model.training else "eval"
+        if not all(isinstance(p, str) for p in prompts):
+            raise TypeError("image GRPO expects plain-text prompts (the caption), not conversations")
+        prompt_ids = self.policy.encode_prompts(prompts)
+        seeds = self._rollout_seeds(len(prompts), mode)
+        start = time.perf_counter()
+        rollout, images = self.sample_grids(prompt_ids, seeds)
         device = self.accelerator.device
         metrics = self._metrics[mode]
         # The slowest process's figures (every rank waits for it). Compile counts are process totals of the compiled
@@ -217,7 +237,8 @@ class ImageGRPOTrainer(GRPOTrainer):
             self.state.num_input_tokens_seen += self.accelerator.gather(tokens).sum().item()
         metrics["num_tokens"] = [self.state.num_input_tokens_seen]
 
-        self._pending_rollout = {"logps": rollout.logprobs, "seeds": seeds, "images": images, "prompts": list(prompts)}
+        self._pending_rollout = {"logps": rollout.logprobs, "seeds": seeds, "images": images, "prompts": list(prompts),
+                                 "codes": rollout.codes}
         h, w = self.vocab.grid
         completions = [f"<image {h}x{w}>"] * len(prompts)
         extra_fields = {"images": list(images)}
@@ -245,6 +266,7 @@ class ImageGRPOTrainer(GRPOTrainer):
         self._rollout_global_step = self.state.global_step
         if self.model.training:
             self._record_rollout(rollout, output["advantages"])
+            self.rollout_watch.log(self, rollout, inputs)
         return output
 
     def _log_clipped_fraction(self, output: dict) -> None:

@@ -176,3 +176,21 @@ def test_unknown_architecture_is_named(tiny_weights):
 def test_unknown_preprocess_mode_is_refused(tiny_weights):
     with pytest.raises(RewardConfigError, match="preprocess must be one of"):
         build_rewards([{"name": "clip", "checkpoint": str(tiny_weights.bin), "arch": TINY_ARCH, "preprocess": "bicubic"}])
+
+
+@pytest.mark.parametrize("name", ["clip", "hpsv2"])
+def test_embedding_rewards_expose_the_image_embeddings_they_scored_with_row_aligned_across_batches(tiny_weights, name):
+    """diversity/embedding reads these instead of a second forward (issue 20)."""
+    images = _images(64, 64, n=5)
+    prompts = [f"caption {i}" for i in range(5)]
+    suite = build_rewards([{"name": name, "checkpoint": str(tiny_weights.bin), "arch": TINY_ARCH, "batch_size": 2}])
+    reward = suite.rewards[name]
+    scores = suite.score(images, prompts)[name]
+    assert reward.image_embeddings.shape == (5, 16)
+    model, _, _ = open_clip.create_model_and_transforms(TINY_ARCH, pretrained=str(tiny_weights.bin))
+    pixels = _simplear_pixels(images) if name == "clip" else torch.stack([_hps_pixels(i) for i in images])
+    with torch.no_grad():
+        expected = model.eval().encode_image(pixels, normalize=True)
+        text = model.encode_text(open_clip.get_tokenizer(TINY_ARCH)(prompts), normalize=True)
+    torch.testing.assert_close(reward.image_embeddings, expected, atol=1e-5, rtol=0)
+    torch.testing.assert_close(scores, (reward.image_embeddings * text).sum(-1), atol=1e-5, rtol=0)

@@ -169,3 +169,20 @@ def test_importing_rewards_does_not_import_transformers_clip():
     code = "import sys, rewards; rewards.available_rewards(); print('transformers.models.clip.modeling_clip' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_pickscore_exposes_the_normalised_image_embeddings_its_score_used(folders):
+    """diversity/embedding reads these instead of a second forward (issue 20)."""
+    together, _, _ = folders
+    suite = build_rewards([{"name": "pickscore", "checkpoint": str(together), "batch_size": 2}])
+    reward = suite.rewards["pickscore"]
+    images = torch.stack(_images([(64, 64)] * 3))
+    scores = suite.score(images, PROMPTS)["pickscore"]
+    embeddings = reward.image_embeddings
+    assert embeddings.shape[0] == 3
+    torch.testing.assert_close(embeddings.norm(dim=-1), torch.ones(3), atol=1e-5, rtol=0)
+    model, processor = reward.pickscore.model, reward.pickscore.processor
+    tokens = processor.tokenizer(PROMPTS, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        text = torch.nn.functional.normalize(model.get_text_features(**tokens).pooler_output, dim=-1)
+    torch.testing.assert_close(scores, model.logit_scale.exp() * (embeddings * text).sum(-1), atol=1e-4, rtol=0)
