@@ -223,8 +223,8 @@ def report_figure(results: dict[str, dict], ceiling: dict, grpo_dir: Path, out: 
         left.hlines(100 * ceiling[k], i - 0.45, i + 0.45, colors="k", linestyles="dashed",
                     label="ground truth (ceiling)" if i == 0 else None)
     left.set_xticks(range(len(metrics)), ["exact match (%)", "edit similarity (x100)"])
-    left.set(ylim=(0, 105), title="held-out numbers, as read by PP-OCR")
-    left.legend(loc="upper left", fontsize=8)
+    left.set(ylim=(0, 125), title="held-out numbers, as read by PP-OCR")
+    left.legend(loc="upper center", fontsize=8, ncol=3)
     steps, values = series(read_metrics(grpo_dir), "reward")
     if steps:
         plot_smoothed(right, steps, values, "GRPO", 0.8)
