@@ -317,8 +317,8 @@ def run(config: NumbersDemoConfig) -> dict:
 def _run(config: NumbersDemoConfig, out: Path) -> dict:
     p = NumbersPipeline(config)
     start = time.perf_counter()
+    judge = build_judge(config.judge)  # before any training: a missing OCR package or a bad option stops here
     train_stages(p)
-    judge = build_judge(config.judge)
     ceiling, truth_images, truth_reads = ground_truth(p, judge)
     before, before_images, before_reads = evaluate_policy(p, out / "sft", "sft", judge)
     grpo_stage(p)
