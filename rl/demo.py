@@ -78,6 +78,9 @@ def recipe_path(path: str) -> str:
 class Pipeline:
     """Runs stages in order, reusing finished ones and timing each."""
 
+    #: How each stage is run by hand (a task with other stages sets its own).
+    programs = STAGE_PROGRAMS
+
     def __init__(self, config: DemoConfig):
         self.config = config
         self.out = Path(config.out)
@@ -86,7 +89,7 @@ class Pipeline:
 
     def stage(self, name: str, done: Path, run: Callable[[list[str]], object], argv: list[str], resumable: bool = False):
         """Run one stage unless ``done`` exists; an interrupted trainer stage resumes from its checkpoint."""
-        self.commands[name] = " ".join([STAGE_PROGRAMS[name], *argv])
+        self.commands[name] = " ".join([self.programs[name], *argv])
         if done.exists():
             print(f"[demo] {name}: reusing {done.parent} (pass --fresh to redo)", flush=True)
             self.timings[name] = 0.0
@@ -224,9 +227,33 @@ def run(config: DemoConfig) -> dict:
     return summary
 
 
+#: ``--task``: the default shapes demo (this module) or another task's module with its own ``main(argv)``.
+TASKS = {"shapes": None, "numbers": "rl.demo_numbers"}
+
+
+def split_task(argv: list[str]) -> tuple[str, list[str]]:
+    """``(task, argv without --task)``; the task defaults to ``shapes``."""
+    argv = list(argv)
+    task = "shapes"
+    for i, arg in enumerate(argv):
+        if arg == "--task" or arg.startswith("--task="):
+            value = arg.split("=", 1)[1] if "=" in arg else (argv[i + 1] if i + 1 < len(argv) else "")
+            del argv[i : i + (1 if "=" in arg else 2)]
+            task = value
+            break
+    if task not in TASKS:
+        raise ValueError(f"unknown --task {task!r}; choose one of: {', '.join(TASKS)}")
+    return task, argv
+
+
 @command("demo")
 def main(argv: list[str]) -> int:
-    """``simplear-rl demo [--config recipes/demo/demo.yaml] [--out DIR] [--quick] [--fresh]``."""
+    """``simplear-rl demo [--task shapes|numbers] [--config recipes/demo/demo.yaml] [--out DIR] [--quick] [--fresh]``."""
+    task, argv = split_task(argv)
+    if TASKS[task] is not None:
+        import importlib
+
+        return importlib.import_module(TASKS[task]).main(argv)
     if "--config" not in argv:
         argv = ["--config", str(DEFAULT_CONFIG), *argv]
     (config,) = RecipeParser(DemoConfig, command="demo").parse_args_and_config(argv)

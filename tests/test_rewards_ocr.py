@@ -13,7 +13,15 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from rewards import RewardCheckpointError, RewardConfigError, RewardScoreError, build_rewards, cli, ocr
-from rewards.ocr import edit_distance, normalise_text, quoted_text, rendering_score
+from rewards.ocr import (
+    edit_distance,
+    edit_similarity,
+    exact_match,
+    normalise_text,
+    prepare_picture,
+    quoted_text,
+    rendering_score,
+)
 
 
 
@@ -192,3 +200,81 @@ def test_importing_rewards_does_not_import_rapidocr():
     code = "import sys, rewards; rewards.available_rewards(); print(sorted({'rapidocr_onnxruntime', 'onnxruntime', 'cv2'} & set(sys.modules)))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+# ------------------------------------------------------------------ options for small single-line pictures
+@pytest.mark.parametrize(
+    ("recognised", "target", "similarity"),
+    [
+        ("4721", "4721", 1.0),
+        ("472", "4721", 0.75),  # one digit missing
+        ("4781", "4721", 0.75),  # one digit wrong
+        ("47211", "4721", 0.8),  # extra text costs too (Flow-GRPO's score would give 1.0)
+        ("", "4721", 0.0),
+        ("", "", 1.0),
+    ],
+)
+def test_edit_similarity_is_one_minus_distance_over_the_longer_text(recognised, target, similarity):
+    assert edit_similarity(recognised, target) == pytest.approx(similarity)
+
+
+def test_exact_match_compares_normalised_texts():
+    assert exact_match(" 47 21", "4721") == 1.0
+    assert exact_match("4721", "4720") == 0.0
+    assert exact_match("47211", "4721") == 0.0
+
+
+def test_prepare_picture_is_the_identity_by_default_and_enlarges_when_asked():
+    picture = np.random.default_rng(0).integers(0, 256, (32, 96, 3), dtype=np.uint8)
+    assert np.array_equal(prepare_picture(picture), picture)
+    assert prepare_picture(picture, upscale=2.0).shape == (64, 192, 3)
+    blurred = prepare_picture(picture, blur=1.5)
+    assert blurred.shape == picture.shape and blurred.std() < picture.std()  # a blur smooths
+
+
+def _coarse_numbers(numbers, levels=6, patch=4):
+    """Hand-made pictures: each number drawn at 96x32 px, then flattened into 4-px patches of 6 grey levels
+    (what the palette codec does), in [0,1]."""
+    from policies.codecs import build_codec
+    from pretrain_sft.number_data import render_number, to_pixels
+
+    codec = build_codec("palette", levels=levels, patch=patch)
+    clean = torch.stack([to_pixels(render_number(n)) for n in numbers])
+    return (codec.decode(codec.encode(clean)) + 1) / 2
+
+
+NUMBERS = ["0493", "1258", "2714", "3806", "4423", "5333", "6190", "7777", "8062", "9701"]
+
+
+def test_a_blurred_upscale_of_the_patches_reads_better_than_the_raw_patches():
+    images = _coarse_numbers(NUMBERS)
+    prompts = [f"the number {n}" for n in NUMBERS]
+    raw, smooth = build_rewards([
+        {"name": "ocr", "use_det": False, "score": "exact", "text_score": 0.0},
+        {"name": "ocr", "as": "ocr_smooth", "use_det": False, "upscale": 2.0, "blur": 1.5, "score": "exact",
+         "text_score": 0.0},
+    ]).rewards.values()
+    raw_scores = raw(images, prompts, text=NUMBERS)
+    smooth_scores = smooth(images, prompts, text=NUMBERS)
+    assert smooth_scores.sum() > raw_scores.sum()
+    assert smooth_scores.mean() >= 0.8
+
+
+def test_recognition_only_reads_a_clean_single_line_picture_and_partial_reads_score_between_0_and_1():
+    from pretrain_sft.number_data import render_number, to_pixels
+
+    suite = build_rewards([{"name": "ocr", "use_det": False, "score": "edit_similarity"}])
+    clean = (torch.stack([to_pixels(render_number("4721")), to_pixels(render_number("472"))]) + 1) / 2
+    scores = suite.score(clean, ["the number 4721"] * 2, text=["4721", "4721"])["ocr"]
+    assert scores[0] == 1.0
+    assert 0.0 < scores[1] < 1.0  # "472" read for "4721": 0.75
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    ({"score": "bleu"}, "unknown score 'bleu'"),
+    ({"upscale": 0}, "upscale must be > 0"),
+    ({"blur": -1}, "blur >= 0"),
+])
+def test_bad_reading_options_are_refused_at_build(options, message):
+    with pytest.raises(RewardConfigError, match=message):
+        build_rewards([{"name": "ocr", **options}])
