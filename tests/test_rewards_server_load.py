@@ -130,11 +130,11 @@ def test_a_grpo_run_retries_through_a_reward_server_killed_and_restarted(tmp_pat
     port = str(free_port())
     flags = ("--port", port, "--token_env", TOKEN_ENV)
     with reward_server("color_region", tmp_path / "server.log", *flags) as server:
-        restart = KillServer(server, step=2, restart=lambda: start_server("color_region", tmp_path / "again.log", *flags))
+        restart = KillServer(server, step=1, restart=lambda: start_server("color_region", tmp_path / "again.log", *flags))
         out = tmp_path / "run"
         try:
             # Enough retries (backoff capped at 2 s) to wait for a new server process to import and listen.
-            status = grpo_with(restart)(grpo_argv(out, server.url, 4, "fail", retries=40, timeout=30))
+            status = grpo_with(restart)(grpo_argv(out, server.url, 3, "fail", retries=40, timeout=30))
             assert restart.restarted is not None
             assert wait_for_url(restart.restarted, tmp_path / "again.log") == server.url
         finally:
@@ -143,16 +143,17 @@ def test_a_grpo_run_retries_through_a_reward_server_killed_and_restarted(tmp_pat
     printed = capfd.readouterr()
     assert status == 0, printed.err[-2000:]
     records = read_metrics(out)
-    assert [r["step"] for r in records] == [1, 2, 3, 4]
+    assert [r["step"] for r in records] == [1, 2, 3]
     assert all(math.isfinite(r["rewards/served/mean"]) for r in records)
     assert all(r.get("rewards/served/dropped", 0) == 0 for r in records)
+    assert (out / "train_summary.json").exists() and (out / "model.safetensors").exists()
     assert token_anywhere(out) == [] and TOKEN not in printed.out + printed.err
 
 
-def test_a_grpo_run_stops_with_one_line_naming_the_url_and_checkpoint_or_drops_rows(tmp_path, token_env, capfd):
+def test_a_grpo_run_stops_with_one_line_naming_the_url_and_the_last_checkpoint(tmp_path, token_env, capfd):
     with reward_server("color_region", tmp_path / "server.log", "--token_env", TOKEN_ENV) as server:
         out = tmp_path / "fail"
-        status = grpo_with(KillServer(server, step=2))(grpo_argv(out, server.url, 4, "fail", retries=1, timeout=5))
+        status = grpo_with(KillServer(server, step=2))(grpo_argv(out, server.url, 3, "fail", retries=1, timeout=5))
     err = capfd.readouterr().err
     assert status == 1
     line = [x for x in err.splitlines() if x.startswith("simplear-rl grpo: error:")]
@@ -162,7 +163,10 @@ def test_a_grpo_run_stops_with_one_line_naming_the_url_and_checkpoint_or_drops_r
     assert "--resume_from_checkpoint last" in line[0]
     assert TOKEN not in err and token_anywhere(out) == []
 
-    with reward_server("color_region", tmp_path / "server2.log", "--token_env", TOKEN_ENV) as server:
+
+@pytest.mark.slow  # the suite-level drop path is in test_rewards_server.py; this is the same through a whole run
+def test_a_grpo_run_drops_the_rows_of_a_killed_reward_server_with_on_error_drop(tmp_path, token_env, capfd):
+    with reward_server("color_region", tmp_path / "server.log", "--token_env", TOKEN_ENV) as server:
         out = tmp_path / "drop"
         status = grpo_with(KillServer(server, step=1))(grpo_argv(out, server.url, 3, "drop", retries=0, timeout=5))
     assert status == 0, capfd.readouterr().err[-2000:]
