@@ -7,7 +7,7 @@ logs every id it scores. ``--clients`` threads (one per simulated training rank)
 
 Reported: p50/p99 request latency, images per second, and the same for ONE client sending the same
 requests first (the baseline, measured in the same run; it also warms the server up); the server's
-RSS after start-up, after the baseline and at the end; and the checks: a request lost (raised),
+RSS after start-up, after the baseline, half-way through the load and at the end; and the checks: a request lost (raised),
 a score returned to the wrong row (mismatched), an id scored twice (duplicated) or never.
 
     python bench/reward_server_load.py                          # 8 clients x 50 requests x 16 images of 64 px
@@ -107,7 +107,15 @@ def run(clients: int, requests: int, rows: int, size: int, workdir: Path) -> dic
         rss_started = rss_bytes(pid)
         baseline = drive(server.url, token_file, 1, requests, rows, size, first_id=clients * requests * rows)
         rss_start = rss_bytes(pid)
-        load = drive(server.url, token_file, clients, requests, rows, size, first_id=0)
+        samples: list[int] = []
+        done = threading.Event()
+        watcher = threading.Thread(target=_sample_rss, args=(pid, samples, done))
+        watcher.start()
+        try:
+            load = drive(server.url, token_file, clients, requests, rows, size, first_id=0)
+        finally:
+            done.set()
+            watcher.join()
         rss_end = rss_bytes(pid)
         output = server.output()
     counts: dict[int, int] = {}
@@ -119,8 +127,16 @@ def run(clients: int, requests: int, rows: int, size: int, workdir: Path) -> dic
         "duplicated": sum(n - 1 for n in counts.values() if n > 1),
         "never_scored": len(sent - set(counts)), "unexpected": len(set(counts) - sent),
         "rss_started_mib": rss_started / 2**20, "rss_start_mib": rss_start / 2**20, "rss_end_mib": rss_end / 2**20,
+        "rss_half_mib": samples[len(samples) // 2] / 2**20 if samples else rss_end / 2**20,
+        "rss_peak_mib": max(samples + [rss_end]) / 2**20,
         "token_in_server_output": TOKEN in output,
     }
+
+
+def _sample_rss(pid: int, samples: list[int], done: threading.Event) -> None:
+    """The server's RSS every 0.2 s until ``done``: flat memory means the second half adds nothing."""
+    while not done.wait(0.2):
+        samples.append(rss_bytes(pid))
 
 
 def markdown(result: dict[str, Any]) -> str:
@@ -135,7 +151,8 @@ def markdown(result: dict[str, Any]) -> str:
                      f"| {row['images_per_s']:.0f} | {ratio:.2f}x |")
     lines.append("")
     lines.append(f"server RSS: {result['rss_started_mib']:.0f} MiB after start-up, {result['rss_start_mib']:.0f} MiB "
-                 f"after the baseline, {result['rss_end_mib']:.0f} MiB at the end")
+                 f"after the baseline, {result['rss_half_mib']:.0f} MiB half-way through the load, "
+                 f"{result['rss_end_mib']:.0f} MiB at the end (peak {result['rss_peak_mib']:.0f} MiB)")
     lines.append(f"lost {load['lost'] + base['lost']}, mismatched {load['mismatched'] + base['mismatched']}, "
                  f"duplicated {result['duplicated']}, never scored {result['never_scored']}, "
                  f"unexpected {result['unexpected']}")
