@@ -122,9 +122,10 @@ class RemoteReward(Reward):
             listed = {entry["name"]: entry for entry in health["rewards"]}
             max_batch = int(health["max_batch"])
         except ServiceError as err:
+            start = (" Start it with `simplear-rl rewards serve --spec <rewards.yaml> --port <N>` or fix `url:` in the "
+                     "recipe.") if err.transient else ""  # an answer that was refused (TLS, 4xx) has its own fix
             raise RewardConfigError(
-                f"reward 'remote': the reward server at {self.url} did not answer GET /health: {err}. Start it with "
-                "`simplear-rl rewards serve --spec <rewards.yaml> --port <N>` or fix `url:` in the recipe."
+                f"reward 'remote': the reward server at {self.url} did not answer GET /health: {err}.{start}"
             ) from None
         except (KeyError, TypeError, ValueError) as exc:
             raise RewardConfigError(

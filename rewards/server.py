@@ -341,6 +341,19 @@ def check_exposure(host: str, token: str | None, insecure: bool) -> None:
         )
 
 
+def exposure_warnings(host: str, has_token: bool, tls: bool) -> list[str]:
+    """What a server that other machines can reach still risks: no token (``--insecure true``), or a token in clear text."""
+    if is_loopback(host):
+        return []
+    if not has_token:
+        return [f"{host} is reachable from other machines and the API has no authentication (--insecure true); "
+                "anyone who can reach it can use the rewards"]
+    if not tls:
+        return [f"{host} is reachable from other machines and the token travels unencrypted; serve HTTPS with "
+                "--ssl_certfile/--ssl_keyfile"]
+    return []
+
+
 def check_tls(certfile: str | None, keyfile: str | None) -> Any:
     """The server's TLS context from a PEM certificate (and key, unless the certificate file holds it),
     or None without ``certfile``; an unreadable or mismatched pair is an ``OSError`` naming the files."""
@@ -393,19 +406,8 @@ def serve(
     threading.Thread(target=_watch, args=(server, app, idle_timeout, parent, why), daemon=True).start()
     shown = f"[{host}]" if ":" in host else host
     scheme = "https" if ssl_certfile else "http"
-    if not is_loopback(host):
-        if token is None:
-            print(
-                f"simplear-rl rewards serve: warning: {host} is reachable from other machines and the API has no "
-                "authentication (--insecure true); anyone who can reach it can use the rewards",
-                file=sys.stderr,
-            )
-        elif scheme == "http":
-            print(
-                f"simplear-rl rewards serve: warning: {host} is reachable from other machines and the token travels "
-                "unencrypted; serve HTTPS with --ssl_certfile/--ssl_keyfile",
-                file=sys.stderr,
-            )
+    for warning in exposure_warnings(host, token is not None, scheme == "https"):
+        print(f"simplear-rl rewards serve: warning: {warning}", file=sys.stderr)
     access = "bearer token required" if token is not None else "no token"
     print(
         f"simplear-rl rewards serve: serving {', '.join(suite.names)} on {scheme}://{shown}:{bound} "

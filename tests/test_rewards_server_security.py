@@ -20,6 +20,7 @@ from reward_server_helpers import reward_server, scored_ids, self_signed_certifi
 
 from rewards import RewardConfigError, RewardScoreError, build_rewards, cli
 from rewards.png import to_base64_png
+from rewards.server import exposure_warnings
 
 TOKEN = "s3cret-token-0123456789-abcdef"
 TOKEN_ENV = "T_REWARD_TOKEN_FOR_TESTS"
@@ -180,6 +181,16 @@ def test_serve_refuses_a_non_loopback_host_without_a_token_unless_insecure(tmp_p
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and message in err, (extra, err)
         assert "q7Zx" not in err
+
+
+def test_a_reachable_server_warns_when_it_has_no_token_or_sends_it_in_clear_text():
+    assert exposure_warnings("127.0.0.1", has_token=False, tls=False) == []
+    assert exposure_warnings("localhost", has_token=True, tls=False) == []
+    (no_token,) = exposure_warnings("0.0.0.0", has_token=False, tls=True)
+    assert "has no authentication (--insecure true)" in no_token
+    (clear,) = exposure_warnings("10.1.2.3", has_token=True, tls=False)
+    assert "the token travels unencrypted; serve HTTPS with --ssl_certfile/--ssl_keyfile" in clear
+    assert exposure_warnings("::", has_token=True, tls=True) == []
 
 
 # ------------------------------------------------------------------ TLS
