@@ -164,6 +164,12 @@ def test_serve_refuses_a_non_loopback_host_without_a_token_unless_insecure(tmp_p
     for extra in (["--insecure", "true"], ["--insecure"], ["--token_env", TOKEN_ENV]):
         assert cli.main(["serve", "--spec", "color_region", "--host", host, "--port", "0", *extra]) == 2
         assert f"cannot listen on {host}:0" in capsys.readouterr().err, extra
+    shared = token_file(tmp_path)
+    shared.chmod(0o644)
+    assert cli.main(["serve", "--spec", "color_region", "--host", host, "--port", "0", "--token_file", str(shared)]) == 2
+    err = capsys.readouterr().err
+    assert f"warning: other users can read the token file {shared}; chmod 600 {shared}" in err
+    assert TOKEN not in err
     short = short_token_file(tmp_path)
     cert = tmp_path / "cert.pem"
     cert.write_text("not a certificate")
