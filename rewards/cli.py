@@ -6,8 +6,10 @@ SPEC is a YAML/JSON file holding a ``rewards:`` list (a whole recipe works: only
 JSONL (``image`` relative to DIR, ``prompt``, metadata columns) or plain text (one prompt per line,
 matched to the sorted image files of DIR).
 
-``serve --spec SPEC [--host 127.0.0.1] [--port 8100]``: the rewards of SPEC in this process behind
-the HTTP API of :mod:`rewards.server`, for the ``remote`` reward of a training run.
+``serve --spec SPEC [--host 127.0.0.1] [--port 8100] [--token_file F | --token_env VAR]
+[--ssl_certfile C --ssl_keyfile K]``: the rewards of SPEC in this process behind the HTTP API of
+:mod:`rewards.server`, for the ``remote`` reward of a training run. A non-loopback ``--host`` needs a
+token unless ``--insecure true``.
 """
 
 from __future__ import annotations
@@ -188,10 +190,18 @@ def _score(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------- serve
 def _serve(args: argparse.Namespace) -> int:
     from . import build_rewards
-    from .server import Limits, require_serving_packages, serve
+    from .server import Limits, check_exposure, check_tls, require_serving_packages, serve
+    from .tokens import load_token, readable_by_others
 
     require_serving_packages()  # before any reward model loads
-    positive = {"--max_batch": args.max_batch, "--max_body_mb": args.max_body_mb, "--max_pixels": args.max_pixels}
+    token = load_token(args.token_file, args.token_env, "--token_file/--token_env")
+    check_exposure(args.host, token, args.insecure)
+    check_tls(args.ssl_certfile, args.ssl_keyfile)
+    if args.token_file and readable_by_others(args.token_file):
+        print(f"simplear-rl rewards serve: warning: other users can read the token file {args.token_file}; "
+              f"chmod 600 {args.token_file}", file=sys.stderr)
+    positive = {"--max_batch": args.max_batch, "--max_body_mb": args.max_body_mb, "--max_pixels": args.max_pixels,
+                "--max_concurrent": args.max_concurrent}
     for flag, value in positive.items():
         if value <= 0:
             raise InputError(f"{flag} must be positive, got {value:g}")
@@ -201,10 +211,22 @@ def _serve(args: argparse.Namespace) -> int:
         raise InputError(f"--port must be in 0..65535 (0: any free port), got {args.port}")
     specs, _ = load_reward_specs(args.spec)  # aggregation and on_error are the caller's business
     suite = build_rewards(specs, device=args.device, dtype=args.dtype)
-    limits = Limits(max_batch=args.max_batch, max_body_bytes=int(args.max_body_mb * 2**20), max_pixels=args.max_pixels)
+    limits = Limits(max_batch=args.max_batch, max_body_bytes=int(args.max_body_mb * 2**20), max_pixels=args.max_pixels,
+                    max_concurrent=args.max_concurrent)
     serve(suite, args.host, args.port, limits, idle_timeout=args.idle_timeout, exit_with_parent=args.exit_with_parent,
-          log_level=args.log_level)
+          log_level=args.log_level, token=token, insecure=args.insecure, ssl_certfile=args.ssl_certfile,
+          ssl_keyfile=args.ssl_keyfile)
     return 0
+
+
+def _true_or_false(value: str) -> bool:
+    """``true``/``false`` (also yes/no, 1/0) for flags that take a value, like the recipe's booleans."""
+    text = value.strip().lower()
+    if text in ("true", "yes", "1"):
+        return True
+    if text in ("false", "no", "0"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -232,6 +254,14 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--max_batch", type=int, default=256, help="most rows per request (default 256)")
     serve.add_argument("--max_body_mb", type=float, default=512.0, help="largest request body in MiB (default 512)")
     serve.add_argument("--max_pixels", type=int, default=4096 * 4096, help="largest image, in pixels (default 4096x4096)")
+    serve.add_argument("--max_concurrent", type=int, default=32,
+                       help="most /score requests admitted at once (scored in turn); more get 503 + Retry-After")
+    serve.add_argument("--token_file", default=None, help="file holding the bearer token clients must send")
+    serve.add_argument("--token_env", default=None, help="environment variable holding the bearer token")
+    serve.add_argument("--insecure", type=_true_or_false, nargs="?", const=True, default=False,
+                       help="true: serve a non-loopback --host without a token (a trusted network only)")
+    serve.add_argument("--ssl_certfile", default=None, help="PEM certificate: serve HTTPS")
+    serve.add_argument("--ssl_keyfile", default=None, help="PEM private key of --ssl_certfile (unless that file holds it)")
     serve.add_argument("--idle_timeout", type=float, default=0.0, help="stop after this many idle seconds (0: never)")
     serve.add_argument("--exit_with_parent", action="store_true", help="stop when the process that started it exits")
     serve.add_argument("--log_level", default="warning", choices=("critical", "error", "warning", "info", "debug"))

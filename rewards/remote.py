@@ -13,20 +13,31 @@ At build time the server's ``GET /health`` must answer, serve every name asked f
 ``batch_size`` rows per request; otherwise the run stops before training, naming the URL. While
 scoring, a server that does not answer (after ``retries``) makes this reward raise, which the
 recipe's ``reward_on_error`` turns into a stopped run (``fail``) or dropped rows (``drop``).
+
+A server started with a token (``--token_file`` / ``--token_env``) is reached with ``token_env:``
+(the name of an environment variable holding the token) or ``token_file:`` (a file holding it);
+the recipe holds only that name or path, and the token itself appears in no message. The token is
+checked at build time (``GET /auth``). An ``https://`` server's certificate is verified, against
+``ca_bundle:`` when given (a PEM file, e.g. the server's self-signed certificate).
 """
 
 from __future__ import annotations
 
+import logging
 import math
+import urllib.parse
 from typing import Any, Mapping
 
 import torch
 
 from .base import Reward
 from .errors import RewardConfigError, RewardScoreError
-from .http_client import ServiceError, reward_service
+from .http_client import ServiceError, is_loopback, reward_service
 from .png import to_base64_png
 from .registry import register_reward
+from .tokens import TokenError, load_token
+
+logger = logging.getLogger(__name__)
 
 
 def parse_requested(rewards: Any) -> dict[str, float]:
@@ -64,7 +75,9 @@ class RemoteReward(Reward):
     Parameters: ``url`` (the server, e.g. ``http://127.0.0.1:8100``), ``rewards`` (served names: one,
     a list summed, or ``{name: weight}``), ``timeout`` (seconds per attempt), ``retries`` (further
     attempts after a connection error, timeout or 5xx), ``batch_size`` (rows per request; default 64,
-    or the server's ``--max_batch`` if that is lower).
+    or the server's ``--max_batch`` if that is lower), ``token_env`` / ``token_file`` (where the
+    server's bearer token is), ``ca_bundle`` (PEM file an ``https://`` server's certificate is checked
+    against; default the system's certificate authorities).
     """
 
     default_batch_size = 64
@@ -76,10 +89,23 @@ class RemoteReward(Reward):
         timeout: float = 60.0,
         retries: int = 2,
         batch_size: int | None = None,
+        token_env: str | None = None,
+        token_file: str | None = None,
+        ca_bundle: str | None = None,
     ):
         super().__init__(batch_size=batch_size)
-        self.service = reward_service("remote", url, timeout, retries)
+        self.service = reward_service("remote", url, timeout, retries, ca_bundle)
         self.url = self.service.base_url
+        try:
+            token = load_token(token_file, token_env, "reward 'remote'")
+        except TokenError as exc:
+            raise RewardConfigError(str(exc)) from None
+        if token is not None:
+            self.service.headers["Authorization"] = f"Bearer {token}"
+            parts = urllib.parse.urlsplit(self.url)
+            if parts.scheme == "http" and not is_loopback(parts.hostname or ""):
+                logger.warning("reward 'remote': the token for %s travels unencrypted over http; serve with "
+                               "--ssl_certfile/--ssl_keyfile and use an https:// url", self.url)
         self.requested = parse_requested(rewards)
         served = self._served_rewards(batch_size_set=batch_size is not None)
         fields = sorted({f for name in self.requested for f in served[name].get("required_fields", [])})
@@ -96,15 +122,17 @@ class RemoteReward(Reward):
             listed = {entry["name"]: entry for entry in health["rewards"]}
             max_batch = int(health["max_batch"])
         except ServiceError as err:
+            start = (" Start it with `simplear-rl rewards serve --spec <rewards.yaml> --port <N>` or fix `url:` in the "
+                     "recipe.") if err.transient else ""  # an answer that was refused (TLS, 4xx) has its own fix
             raise RewardConfigError(
-                f"reward 'remote': the reward server at {self.url} did not answer GET /health: {err}. Start it with "
-                "`simplear-rl rewards serve --spec <rewards.yaml> --port <N>` or fix `url:` in the recipe."
+                f"reward 'remote': the reward server at {self.url} did not answer GET /health: {err}.{start}"
             ) from None
         except (KeyError, TypeError, ValueError) as exc:
             raise RewardConfigError(
                 f"reward 'remote': {self.url}/health did not answer like `simplear-rl rewards serve` "
                 f"({type(exc).__name__}: {exc}); is `url:` the reward server?"
             ) from None
+        self._check_token(health.get("auth"))
         missing = [name for name in self.requested if name not in listed]
         if missing:
             raise RewardConfigError(
@@ -120,6 +148,21 @@ class RemoteReward(Reward):
                 "server with a larger --max_batch."
             )
         return listed
+
+    def _check_token(self, auth: Any) -> None:
+        """A server that wants a token gets one it accepts, or the run stops here (not at the first batch)."""
+        if auth != "bearer":
+            return
+        if "Authorization" not in self.service.headers:
+            raise RewardConfigError(
+                f"reward 'remote': the reward server at {self.url} requires a token; set `token_env:` (an environment "
+                "variable holding it) or `token_file:` in the recipe entry"
+            )
+        try:
+            self.service.get("/auth")
+        except ServiceError as err:
+            fix = "give the server's token in `token_env:` / `token_file:`" if err.status == 401 else "check the server"
+            raise RewardConfigError(f"reward 'remote': {err}; {fix}") from None
 
     def score_batch(self, images: torch.Tensor, prompts: list[str], **metadata: Any) -> torch.Tensor:
         payload = {

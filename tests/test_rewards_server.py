@@ -2,7 +2,9 @@
 
 Remote scores equal local ones (built-in and plugin rewards), ``/health``, 4xx for bad requests,
 a reward that raises on the server, a killed server (fail / drop), a slow server (timeout, no
-hang), the server stopping by itself, and a tiny GRPO run whose rewards are all remote.
+hang), the server stopping by itself. A tiny GRPO run whose rewards are all remote, through a
+server killed and restarted, is in test_rewards_server_load.py; tokens, TLS and capacity in
+test_rewards_server_security.py.
 """
 
 from __future__ import annotations
@@ -34,8 +36,6 @@ from rewards_helpers import BLUE, RED, canvas, demo_object, isolated_registry, p
 from rewards import RewardConfigError, RewardScoreError, build_rewards, cli
 from rewards.http_client import BACKOFF_S
 from rewards.png import to_base64_png
-from rl.curves import read_metrics
-from rl.grpo import main as grpo_main
 
 PLUGIN = "simplear_rl_example_plugin:PaletteCoverage"
 SERVED = ["color_region", "object_count", "background", "example_palette", "gated_background", "slow"]
@@ -216,21 +216,6 @@ def test_a_served_reward_that_raises_fails_or_drops_rows_like_a_local_one(served
     assert "answered HTTP 422" in message and "KeyError: 'box'" in message
     scores = suite.score(images, prompts, on_error="drop", **metadata)["color_region"]
     assert math.isnan(scores[1]) and not scores[[0, 2, 3, 4]].isnan().any()
-
-
-def test_a_tiny_grpo_run_trains_with_rewards_served_by_rewards_serve(served, tmp_path):
-    out = tmp_path / "grpo"
-    names = ("color_region", "object_count")
-    rewards = [json.dumps(remote_spec(served.url, name) | {"as": f"served_{name}"}) for name in names]
-    argv = ["--config", str(REPO / "recipes" / "tiny" / "grpo.yaml"), "--train_prompts",
-            str(REPO / "recipes" / "tiny" / "prompts.jsonl"), "--output_dir", str(out), "--max_steps", "2",
-            "--sample_every", "0", "--save_steps", "100", "--rewards", *rewards]
-    assert grpo_main(argv) == 0
-    records = read_metrics(out)
-    assert [r["step"] for r in records] == [1, 2]
-    for key in ("reward", "rewards/served_color_region/mean", "rewards/served_object_count/mean"):
-        assert all(math.isfinite(r[key]) for r in records), key
-    assert (out / "train_summary.json").exists() and (out / "model.safetensors").exists()
 
 
 # ------------------------------------------------------------------ failures of the server itself
