@@ -29,6 +29,7 @@ from .guidance import SamplingConfig
 from .images import captioned_grid, save_png, to_pil
 from .families import family_for_model_type
 from .loading import Policy, checkpoint_config, load_source
+from .output_folder import claim_output_folder
 from .records import read_records, write_jsonl
 from .rendering import render
 from .sampler import ROLLOUT_BACKENDS
@@ -67,9 +68,9 @@ def add_sampling_arguments(p: argparse.ArgumentParser, num_images: int = 1) -> N
     """Flags of the CFG sampler and the seeds (shared with ``simplear-rl eval``)."""
     p.add_argument("--num_images", type=int, default=num_images, help=f"images per prompt (default {num_images})")
     p.add_argument("--cfg_scale", type=float, default=None, help=f"guidance scale (default: the family's, {SIMPLEAR_CFG_SCALE} for SimpleAR, 5 for Janus, 3 for Emu3; tiny default {TINY_CFG_SCALE})")
-    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--temperature", type=float, default=1.0, help="softmax temperature of the visual tokens (1 = the model's)")
     p.add_argument("--top_k", type=int, default=0, help="0 = the whole codebook")
-    p.add_argument("--top_p", type=float, default=1.0)
+    p.add_argument("--top_p", type=float, default=1.0, help="nucleus sampling mass (1 = off)")
     p.add_argument("--seed", type=int, default=0, help="seed of the first image; image k of the run uses seed + k")
     p.add_argument("--batch_size", type=int, default=8, help="images sampled together")
     p.add_argument("--backend", default="auto", choices=ROLLOUT_BACKENDS,
@@ -88,7 +89,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompts", nargs="+", default=[], help="captions, one image set per caption")
     p.add_argument("--prompts_file", help="a .txt file (one caption per line) or a .jsonl file with a 'prompt' key")
     add_sampling_arguments(p)
-    p.add_argument("--out", required=True, help="output folder for PNGs, grid.png and metadata.jsonl")
+    p.add_argument("--out", required=True, help="output folder for PNGs, grid.png and metadata.jsonl (new or empty, "
+                   "unless --append)")
+    p.add_argument("--append", action="store_true",
+                   help="add this run to an earlier `generate` folder: metadata.jsonl then lists both runs' images")
     return p
 
 
@@ -97,13 +101,14 @@ def image_seeds(seed: int, num_prompts: int, num_images: int) -> list[tuple[int,
     return [(i, s, seed + i * num_images + s) for i in range(num_prompts) for s in range(num_images)]
 
 
-def read_prompts_file(path: str | Path) -> list[str]:
-    """Captions from a ``.txt`` (one per non-blank line) or ``.jsonl``/``.json`` (objects with ``prompt``) file."""
+def read_prompts_file(path: str | Path) -> list[dict]:
+    """Prompt rows from a ``.txt`` (one caption per non-blank line) or ``.jsonl``/``.json`` (objects with
+    ``prompt``) file; a row's other fields (a reward's metadata) travel into ``metadata.jsonl``."""
     rows = read_records(path, what="prompts file", text_key="prompt")
     bad = next((i for i, r in enumerate(rows, 1) if not isinstance(r.get("prompt"), str)), None)
     if bad is not None:
         raise ValueError(f"row {bad} of prompts file {str(path)!r} has no string 'prompt'")
-    return [r["prompt"] for r in rows]
+    return rows
 
 
 @dataclass
@@ -203,19 +208,29 @@ def build_setup(args: argparse.Namespace, log) -> Setup:
     return Setup(policy, codec, grid, config, uncond_text, args.backend, uncond_ids)
 
 
-def generate(args: argparse.Namespace, captions: list[str], setup: Setup, out: Path) -> list[dict]:
-    """Sample ``num_images`` per caption in batches; write PNGs, ``grid.png`` and ``metadata.jsonl``."""
+def generate(args: argparse.Namespace, prompts: list[dict], setup: Setup, out: Path, run: int = 0) -> list[dict]:
+    """Sample ``num_images`` per caption in batches; write PNGs, ``grid.png`` and ``metadata.jsonl``.
+
+    ``run`` > 0 adds to an earlier run's folder: its images are named ``run<k>_<i>_<s>.png``, ``metadata.jsonl``
+    lists every run's images, ``grid.png`` shows this run. ``prompts`` are rows with a ``prompt``; their other
+    fields are copied into each image's record, so ``rewards score`` finds the metadata its rewards need.
+    Returns this run's records.
+    """
+    captions = [row["prompt"] for row in prompts]
     jobs = image_seeds(args.seed, len(captions), args.num_images)
     settings = {**setup.settings(), "model": args.model or "tiny-default"}
     images = setup.render(captions, jobs, args.batch_size)
     records = []
+    prefix = f"run{run}_" if run else ""
     for (i, s, seed), image in zip(jobs, images):
-        name = f"{i}_{s}.png"
+        name = f"{prefix}{i}_{s}.png"
         to_pil(image).save(out / name)
-        records.append({"file": name, "prompt_index": i, "prompt": captions[i], "sample": s, "seed": seed, **settings})
+        records.append({**prompts[i], "image": name, "run": run, "prompt_index": i, "sample": s, "seed": seed,
+                        **settings})
     grid_captions = [captions[i] if s == 0 else "" for i, s, _ in jobs]
     save_png(captioned_grid(images, grid_captions, ncol=args.num_images), out / "grid.png")
-    write_jsonl(out / "metadata.jsonl", records)
+    earlier = read_records(out / "metadata.jsonl") if run else []
+    write_jsonl(out / "metadata.jsonl", [*earlier, *records])
     return records
 
 
@@ -231,15 +246,16 @@ def main(argv: list[str]) -> int:
         raise ValueError(f"--num_images and --batch_size must be >= 1 (got {args.num_images}, {args.batch_size})")
     if args.model is not None:
         resolve_source(args.model, base=args.base)  # before the prompts: a wrong path is the first thing to fix
-    captions = list(args.prompts) + (read_prompts_file(args.prompts_file) if args.prompts_file else [])
-    if not captions and args.model is None:
-        captions = list(DEMO_PROMPTS)
-        log(f"no prompts given: using {len(captions)} demo prompts")
-    if not captions:
+    prompts = [{"prompt": text} for text in args.prompts]
+    prompts += read_prompts_file(args.prompts_file) if args.prompts_file else []
+    if not prompts and args.model is None:
+        prompts = [{"prompt": text} for text in DEMO_PROMPTS]
+        log(f"no prompts given: using {len(prompts)} demo prompts")
+    if not prompts:
         raise ValueError("no prompts: give --prompts \"...\" or --prompts_file FILE")
     setup = build_setup(args, log)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    records = generate(args, captions, setup, out)
+    run = claim_output_folder(out, "generate", append=args.append)
+    records = generate(args, prompts, setup, out, run)
     log(f"wrote {len(records)} images, grid.png and metadata.jsonl to {out}")
     return 0

@@ -25,6 +25,9 @@ OWN_PACKAGES = ("policies", "rewards", "rl", "pretrain_sft", "bench")
 CONFIG_HELP = "recipe YAML: its keys set the defaults, and any --key value on the command line overrides them"
 RESUME_HELP = ("`last` (the newest complete checkpoint-N in output_dir) or a checkpoint folder to continue from; "
                "unset: start a new run")
+#: Recipe keys naming files or folders the command reads (resolved beside the recipe when not found from here).
+INPUT_PATH_KEYS = ("train_prompts", "eval_prompts", "monitor_prompts", "cache", "images", "model_name_or_path",
+                   "base_model", "codec_path")
 #: Parser-only flags that are no recipe keys.
 PARSER_FLAGS = ("config", "simplear_debug", "help")
 
@@ -158,4 +161,30 @@ class RecipeParser(TrlParser):
         if remaining:
             unknown = flags or remaining
             raise BadInput(unknown_keys_message(unknown, known, "the command line"))
+        if "--config" in args:
+            resolve_recipe_inputs(parsed, args[args.index("--config") + 1], args)
         return tuple(parsed)
+
+
+def resolve_recipe_path(value: str, recipe: str | Path) -> str:
+    """``value`` as given when it exists from the current folder (or is absolute), else relative to the
+    recipe file's folder when it exists there; otherwise unchanged (the command names what is missing)."""
+    path = Path(value).expanduser()
+    if path.is_absolute() or path.exists():
+        return value
+    beside = Path(recipe).resolve().parent / path
+    return str(beside) if beside.exists() else value
+
+
+def resolve_recipe_inputs(parsed: list, recipe: str, argv: list[str]) -> None:
+    """Input paths set in the recipe (:data:`INPUT_PATH_KEYS`) resolve beside the recipe file when they are
+    not found from here, so a recipe runs from any folder. Values given on the command line stay as typed."""
+    typed = {arg[2:].split("=")[0].replace("-", "_") for arg in argv if arg.startswith("--")}
+    mapping = read_yaml_mapping(recipe)
+    for key in INPUT_PATH_KEYS:
+        value = mapping.get(key)
+        if key in typed or not isinstance(value, str):
+            continue
+        for config in parsed:
+            if getattr(config, key, None) == value:
+                setattr(config, key, resolve_recipe_path(value, recipe))

@@ -77,11 +77,11 @@ class PolicyArguments:
     prompt_prefix: str | None = field(
         default=None, metadata={"help": "text placed before every caption (default: the checkpoint's, else empty)"}
     )
-    tiny_hidden_size: int = 128
-    tiny_num_layers: int = 2
-    tiny_num_heads: int = 4
-    tiny_num_kv_heads: int = 2
-    tiny_intermediate_size: int | None = None
+    tiny_hidden_size: int = field(default=128, metadata={"help": "`tiny` policy: hidden size"})
+    tiny_num_layers: int = field(default=2, metadata={"help": "`tiny` policy: decoder layers"})
+    tiny_num_heads: int = field(default=4, metadata={"help": "`tiny` policy: attention heads"})
+    tiny_num_kv_heads: int = field(default=2, metadata={"help": "`tiny` policy: key/value heads"})
+    tiny_intermediate_size: int | None = field(default=None, metadata={"help": "`tiny` policy: MLP size (default: 2x hidden)"})
 
 
 @dataclass
@@ -95,9 +95,9 @@ class StageTrainingArguments(TrainingArguments):
     output_dir: str | None = field(default=None, metadata={"help": "run folder: checkpoints and the final model"})
     overwrite_output_dir: bool = field(default=False, metadata={"help": OVERWRITE_HELP})
     lr_scheduler_type: str = field(default="constant", metadata={"help": "SimpleAR used a constant learning rate"})
-    logging_steps: float = 10
-    remove_unused_columns: bool = False
-    prediction_loss_only: bool = True
+    logging_steps: float = field(default=10, metadata={"help": "log the loss every N steps (a float < 1: a fraction of the run)"})
+    remove_unused_columns: bool = field(default=False, metadata={"help": "kept False: the token-cache rows are not model inputs"})
+    prediction_loss_only: bool = field(default=True, metadata={"help": "evaluation keeps only the loss (no logits)"})
 
     def __post_init__(self) -> None:
         if not self.output_dir:

@@ -49,7 +49,8 @@ logger = logging.getLogger(__name__)
 class ExtractArguments:
     """Options of ``extract-tokens`` (also settable from a YAML file with ``--config``)."""
 
-    images: str = field(metadata={"help": "META: a JSON/JSONL file or a datasets folder with an image column"})
+    images: str = field(metadata={"help": "META: a JSON/JSONL file, a datasets folder with an image column, or a "
+                                         "folder of pictures with captions in <stem>.txt beside them (or its metadata.jsonl)"})
     out: str = field(metadata={"help": "the cache folder to write (or to complete, if it exists)"})
     resolution: int = field(metadata={"help": "square side in pixels after centre-crop and resize (e.g. 512, 1024)"})
     codec: str = field(default="palette", metadata={"help": "codec name: palette or cosmos"})
@@ -63,8 +64,8 @@ class ExtractArguments:
     batch_size: int = field(default=32, metadata={"help": "pictures per codec call"})
     num_workers: int = field(default=0, metadata={"help": "data-loader processes decoding pictures"})
     rows_per_part: int = field(default=4096, metadata={"help": "rows per part written while encoding (resume granularity)"})
-    image_column: str = "image"
-    caption_column: str = "caption"
+    image_column: str = field(default="image", metadata={"help": "column (JSONL key) holding the picture path or picture"})
+    caption_column: str = field(default="caption", metadata={"help": "column (JSONL key) holding the caption"})
     split: str = field(default="train", metadata={"help": "split of a DatasetDict folder"})
     device: str | None = field(default=None, metadata={"help": "codec device (default: this process's accelerator)"})
     dtype: str | None = field(default=None, metadata={"help": "codec dtype (default: bf16 on CUDA, fp32 on CPU)"})

@@ -1,7 +1,8 @@
 """Reading META: the list of pictures and captions that ``extract-tokens`` encodes.
 
-META is a JSON file (a list of objects), a JSONL file (one object per line), or a Hugging Face
-``datasets`` folder (``save_to_disk``) with an image column. Each row needs an image and at least
+META is a JSON file (a list of objects), a JSONL file (one object per line), a Hugging Face
+``datasets`` folder (``save_to_disk``) with an image column, or a plain folder of pictures with captions in
+``<stem>.txt`` files beside them (or in the folder's ``metadata.jsonl``, Hugging Face imagefolder style). Each row needs an image and at least
 one of ``caption`` / ``short_caption`` / ``long_caption`` (rows without are skipped and reported);
 any other fields are carried into the cache's ``meta`` column as JSON.
 """
@@ -17,6 +18,7 @@ from policies.records import RecordsError
 from policies.records import read_records as read_rows
 
 CAPTION_FIELDS = ("caption", "short_caption", "long_caption")
+PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
 
 @dataclass
@@ -54,13 +56,10 @@ def read_records(
     """All records of META, in order; raises :class:`MetaError` naming the problem."""
     path = Path(meta).expanduser()
     if not path.exists():
-        raise MetaError(f"META {str(path)!r} does not exist; pass a JSON/JSONL file or a datasets folder with --images")
-    if path.is_dir():
-        if not _is_dataset_folder(path):
-            raise MetaError(
-                f"META {str(path)!r} is a folder but not a Hugging Face datasets folder (no dataset_info.json / "
-                "state.json); pass a JSON/JSONL file or a folder written by datasets' save_to_disk"
-            )
+        raise MetaError(f"META {str(path)!r} does not exist; pass a JSON/JSONL file, a datasets folder or a picture folder with --images")
+    if path.is_dir() and not _is_dataset_folder(path):
+        records = _picture_folder_records(path, image_column, caption_column)
+    elif path.is_dir():
         records = _dataset_records(path, image_column, caption_column, split)
     else:
         records = [_record(row, i, path, image_column, caption_column) for i, row in enumerate(_file_rows(path))]
@@ -74,6 +73,36 @@ def read_records(
     if not records:
         raise MetaError(f"META {str(path)!r} has no rows")
     _check_unique_ids(records, path)
+    return records
+
+
+def _picture_folder_records(folder: Path, image_column: str, caption_column: str) -> list[SourceRecord]:
+    """A plain folder of pictures. Captions come from ``metadata.jsonl`` in the folder (Hugging Face's
+    imagefolder convention: a ``file_name`` column) or else from a ``<picture stem>.txt`` beside each picture."""
+    sidecar = folder / "metadata.jsonl"
+    if sidecar.is_file():
+        rows = _file_rows(sidecar)
+        for row in rows:
+            if image_column not in row and "file_name" in row:
+                row[image_column] = row.pop("file_name")
+        records = [_record(row, i, sidecar, image_column, caption_column) for i, row in enumerate(rows)]
+        for r in records:
+            if not r.problem:
+                r.image = r.source = str(folder / r.image)
+        return records
+    pictures = sorted(p for p in folder.rglob("*") if p.suffix.lower() in PICTURE_SUFFIXES and p.is_file())
+    if not pictures:
+        raise MetaError(f"folder {str(folder)!r} holds no pictures ({', '.join(PICTURE_SUFFIXES)}) and no metadata.jsonl")
+    records = []
+    for picture in pictures:
+        caption_file = picture.with_suffix(".txt")
+        caption = caption_file.read_text(encoding="utf-8").strip() if caption_file.is_file() else ""
+        name = str(picture.relative_to(folder))
+        record = _record({image_column: str(picture), caption_column: caption, "id": name}, 0, folder, image_column, caption_column)
+        record.source = str(picture)
+        if record.problem.startswith("no caption"):
+            record.problem = f"no caption: {caption_file.name} beside it is missing or empty"
+        records.append(record)
     return records
 
 

@@ -146,7 +146,8 @@ def _score(args: argparse.Namespace) -> int:
     from . import build_rewards
 
     specs, options = load_reward_specs(args.rewards)
-    rows = read_prompt_rows(Path(args.prompts), Path(args.images))
+    prompts = Path(args.prompts) if args.prompts else Path(args.images) / "metadata.jsonl"
+    rows = read_prompt_rows(prompts, Path(args.images))
     if not rows:
         raise InputError(f"prompt file {args.prompts} holds no prompts")
     suite = build_rewards(
@@ -238,12 +239,16 @@ def _parser() -> argparse.ArgumentParser:
     score = commands.add_parser("score", help="score an image folder with a set of rewards")
     score.add_argument("--rewards", required=True, help="YAML/JSON file with a `rewards:` list, or names 'a,b'")
     score.add_argument("--images", required=True, help="folder of images")
-    score.add_argument("--prompts", required=True, help="JSONL (image, prompt, metadata) or text, one per line")
+    score.add_argument("--prompts", default=None,
+                       help="JSONL (image, prompt, metadata) or text, one per line (default: IMAGES/metadata.jsonl, "
+                       "as `simplear-rl generate` writes it)")
     score.add_argument("--out", default="scores.jsonl", help="per-image scores (JSONL, default scores.jsonl)")
     score.add_argument("--device", default=None, help="device for model rewards (default cuda if available, else cpu)")
     score.add_argument("--dtype", default=None, help="dtype for model rewards: fp32 (default), bf16, fp16")
-    score.add_argument("--aggregation", choices=("sum", "normalize_then_sum"), default=None)
-    score.add_argument("--on-error", choices=("fail", "drop"), default=None)
+    score.add_argument("--aggregation", choices=("sum", "normalize_then_sum"), default=None,
+                       help="how rewards combine into the total (default: the spec file's, else sum)")
+    score.add_argument("--on_error", choices=("fail", "drop"), default=None,
+                       help="a reward that raises on a row: fail the command, or drop the row (NaN) (default: the spec file's, else fail)")
     score.set_defaults(run=_score)
     serve = commands.add_parser("serve", help="serve rewards over HTTP for the `remote` reward (needs the serve extra)")
     serve.add_argument("--spec", required=True, help="YAML/JSON file with a `rewards:` list, or names 'a,b'")
@@ -264,7 +269,8 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--ssl_keyfile", default=None, help="PEM private key of --ssl_certfile (unless that file holds it)")
     serve.add_argument("--idle_timeout", type=float, default=0.0, help="stop after this many idle seconds (0: never)")
     serve.add_argument("--exit_with_parent", action="store_true", help="stop when the process that started it exits")
-    serve.add_argument("--log_level", default="warning", choices=("critical", "error", "warning", "info", "debug"))
+    serve.add_argument("--log_level", default="warning", choices=("critical", "error", "warning", "info", "debug"),
+                       help="server log level (default warning)")
     serve.set_defaults(run=_serve)
     return parser
 

@@ -12,7 +12,7 @@ import sys
 SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
     "demo": ("rl.demo", "main", "run the whole pipeline on the embedded tiny default (no weights)"),
     "generate": ("policies.generate", "main", "sample images from a policy with CFG"),
-    "extract-tokens": ("pretrain_sft.extract", "main", "encode an image folder into a token cache"),
+    "extract-tokens": ("pretrain_sft.extract", "main", "encode pictures (a folder, JSONL or datasets folder) into a token cache"),
     "pretrain": ("pretrain_sft.train", "main_pretrain", "pretrain a policy from a recipe"),
     "sft": ("pretrain_sft.train", "main_sft", "supervised fine-tuning from a recipe"),
     "grpo": ("rl.grpo", "main", "GRPO alignment from a recipe"),
@@ -25,9 +25,20 @@ SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
 SUBCOMMANDS["export"] = ("rl.export", "main", "turn a run, checkpoint, LoRA run or sharded checkpoint into a plain HF folder")
 
 
+def version() -> str:
+    """The installed package's version (``unknown`` when run from a source tree that was never installed)."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as installed_version
+
+    try:
+        return installed_version("simplear-rl")
+    except PackageNotFoundError:
+        return "unknown"
+
+
 def _usage() -> str:
     width = max(len(name) for name in SUBCOMMANDS)
-    lines = ["usage: simplear-rl <command> [options]", "", "commands:"]
+    lines = ["usage: simplear-rl <command> [options]   (simplear-rl --version: the installed version)", "", "commands:"]
     lines += [f"  {name:<{width}}  {help_}" for name, (_, _, help_) in SUBCOMMANDS.items()]
     lines += [
         "",
@@ -42,6 +53,9 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(_usage())
+        return 0
+    if argv[0] in ("-V", "--version"):
+        print(f"simplear-rl {version()}")
         return 0
     name, rest = argv[0], argv[1:]
     if name not in SUBCOMMANDS:

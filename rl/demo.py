@@ -20,6 +20,7 @@ from policies.recipes import RecipeParser
 from policies.records import write_json
 from pretrain_sft.checkpoints import continue_flags
 
+from .demo_folder import prepare_demo_out
 from .evaluate import evaluate_prompt_lengths
 from .report import accuracy_table, report_figure, reward_means_table
 
@@ -45,24 +46,29 @@ QUICK = {
 }
 
 
+STAGE_RECIPE_HELP = "recipe of the {} stage (a path from here, else from the repository)"
+
+
 @dataclass
 class DemoConfig:
     """``recipes/demo/demo.yaml``: where the stage recipes are and how to evaluate."""
 
-    out: str = "runs/demo"
-    data: str = "recipes/demo/data.yaml"
-    extract: str = "recipes/demo/extract.yaml"
-    pretrain: str = "recipes/demo/pretrain.yaml"
-    sft: str = "recipes/demo/sft.yaml"
-    grpo: str = "recipes/demo/grpo.yaml"
-    eval_rewards: list[str] = field(default_factory=lambda: ["color_region", "object_count"])
-    eval_num_images: int = 4
-    eval_cfg_scale: float = 3.0
-    eval_seed: int = 1234
-    eval_batch_size: int = 64
+    out: str = field(default="runs/demo", metadata={"help": "output folder of every stage and the report"})
+    data: str = field(default="recipes/demo/data.yaml", metadata={"help": STAGE_RECIPE_HELP.format("synthetic data")})
+    extract: str = field(default="recipes/demo/extract.yaml", metadata={"help": STAGE_RECIPE_HELP.format("token cache")})
+    pretrain: str = field(default="recipes/demo/pretrain.yaml", metadata={"help": STAGE_RECIPE_HELP.format("pretrain")})
+    sft: str = field(default="recipes/demo/sft.yaml", metadata={"help": STAGE_RECIPE_HELP.format("SFT")})
+    grpo: str = field(default="recipes/demo/grpo.yaml", metadata={"help": STAGE_RECIPE_HELP.format("GRPO")})
+    eval_rewards: list[str] = field(default_factory=lambda: ["color_region", "object_count"],
+                                    metadata={"help": "rewards of the held-out evaluations (their mean is the accuracy)"})
+    eval_num_images: int = field(default=4, metadata={"help": "images per held-out prompt"})
+    eval_cfg_scale: float = field(default=3.0, metadata={"help": "CFG scale of the held-out evaluations"})
+    eval_seed: int = field(default=1234, metadata={"help": "seed of the first held-out image"})
+    eval_batch_size: int = field(default=64, metadata={"help": "images sampled together in the evaluations"})
     eval_backend: str = field(default="auto", metadata={"help": "rollout backend of the evaluations: eager | compiled | auto"})
     quick: bool = field(default=False, metadata={"help": "a few steps per stage (a smoke run of the pipeline)"})
-    fresh: bool = field(default=False, metadata={"help": "delete earlier outputs under `out` and redo every stage"})
+    fresh: bool = field(default=False, metadata={"help": "redo every stage: first delete the stage folders and reports an earlier demo run "
+                                                          "wrote under `out` (recognised by its demo_run.json; nothing else)"})
 
 
 def recipe_path(path: str) -> str:
@@ -211,9 +217,7 @@ def write_report(p: Pipeline, results: dict[str, dict[str, dict]]) -> Path:
 def run(config: DemoConfig) -> dict:
     """Run every stage and write the report; returns ``{"results": ..., "gain_points": ...}``."""
     out = Path(config.out)
-    if config.fresh and out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
+    prepare_demo_out(out, "shapes", config.fresh)
     p = Pipeline(config)
     start = time.perf_counter()
     train_stages(p)
@@ -227,6 +231,8 @@ def run(config: DemoConfig) -> dict:
     return summary
 
 
+TASKS_HELP = ("--task shapes (default): colour and shape prompts judged by verifiable rewards (recipes/demo/). "
+              "--task numbers: written numbers judged by PP-OCR (recipes/demo_numbers/, docs/demo-numbers.md).")
 #: ``--task``: the default shapes demo (this module) or another task's module with its own ``main(argv)``.
 TASKS = {"shapes": None, "numbers": "rl.demo_numbers"}
 
@@ -256,6 +262,6 @@ def main(argv: list[str]) -> int:
         return importlib.import_module(TASKS[task]).main(argv)
     if "--config" not in argv:
         argv = ["--config", str(DEFAULT_CONFIG), *argv]
-    (config,) = RecipeParser(DemoConfig, command="demo").parse_args_and_config(argv)
+    (config,) = RecipeParser(DemoConfig, command="demo", description=TASKS_HELP).parse_args_and_config(argv)
     run(config)
     return 0

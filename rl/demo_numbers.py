@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -24,7 +23,8 @@ import torch
 from policies.records import write_json, write_jsonl
 from pretrain_sft.train import cpu_threads
 
-from .demo import Pipeline, recipe_path
+from .demo import STAGE_RECIPE_HELP, TASKS_HELP, Pipeline, recipe_path
+from .demo_folder import prepare_demo_out
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = REPO / "recipes" / "demo_numbers" / "demo.yaml"
@@ -50,19 +50,19 @@ QUICK = {
 class NumbersDemoConfig:
     """``recipes/demo_numbers/demo.yaml``: where the stage recipes are, the judge and the evaluation."""
 
-    out: str = "runs/demo_numbers"
-    data: str = "recipes/demo_numbers/data.yaml"
-    pretrain: str = "recipes/demo_numbers/pretrain.yaml"
-    sft: str = "recipes/demo_numbers/sft.yaml"
-    grpo: str = "recipes/demo_numbers/grpo.yaml"
+    out: str = field(default="runs/demo_numbers", metadata={"help": "output folder of every stage and the report"})
+    data: str = field(default="recipes/demo_numbers/data.yaml", metadata={"help": STAGE_RECIPE_HELP.format("data")})
+    pretrain: str = field(default="recipes/demo_numbers/pretrain.yaml", metadata={"help": STAGE_RECIPE_HELP.format("pretrain")})
+    sft: str = field(default="recipes/demo_numbers/sft.yaml", metadata={"help": STAGE_RECIPE_HELP.format("SFT")})
+    grpo: str = field(default="recipes/demo_numbers/grpo.yaml", metadata={"help": STAGE_RECIPE_HELP.format("GRPO")})
     judge: dict = field(
         default_factory=lambda: {"use_det": False, "upscale": 2.0, "blur": 1.5},
         metadata={"help": "`ocr` reward options of the evaluation judge (its text_score stays PaddleOCR's 0.5 unless set)"},
     )
-    eval_num_images: int = 4
-    eval_cfg_scale: float = 3.0
-    eval_seed: int = 1234
-    eval_batch_size: int = 64
+    eval_num_images: int = field(default=4, metadata={"help": "images per held-out number"})
+    eval_cfg_scale: float = field(default=3.0, metadata={"help": "CFG scale of the held-out evaluations"})
+    eval_seed: int = field(default=1234, metadata={"help": "seed of the first held-out image"})
+    eval_batch_size: int = field(default=64, metadata={"help": "images sampled together in the evaluations"})
     eval_backend: str = field(default="auto", metadata={"help": "rollout backend of the evaluations: eager | compiled | auto"})
     filmstrip_numbers: int = field(default=8, metadata={"help": "held-out numbers shown in filmstrip.png"})
     num_threads: int | None = field(
@@ -72,7 +72,8 @@ class NumbersDemoConfig:
                   "took 20x longer"},
     )
     quick: bool = field(default=False, metadata={"help": "a few steps per stage (a smoke run of the pipeline)"})
-    fresh: bool = field(default=False, metadata={"help": "delete earlier outputs under `out` and redo every stage"})
+    fresh: bool = field(default=False, metadata={"help": "redo every stage: first delete the stage folders and reports an earlier demo run "
+                                                          "wrote under `out` (recognised by its demo_run.json; nothing else)"})
 
 
 class NumbersPipeline(Pipeline):
@@ -307,9 +308,7 @@ def _eval_numbers(p: NumbersPipeline) -> list[str]:
 def run(config: NumbersDemoConfig) -> dict:
     """Run every stage and write the report; returns the contents of ``report.json``."""
     out = Path(config.out)
-    if config.fresh and out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
+    prepare_demo_out(out, "numbers", config.fresh)
     with cpu_threads(config.num_threads):
         return _run(config, out)
 
@@ -337,6 +336,7 @@ def main(argv: list[str]) -> int:
 
     if "--config" not in argv:
         argv = ["--config", str(DEFAULT_CONFIG), *argv]
-    (config,) = RecipeParser(NumbersDemoConfig).parse_args_and_config(argv)
+    parser = RecipeParser(NumbersDemoConfig, command="demo --task numbers", description=TASKS_HELP)
+    (config,) = parser.parse_args_and_config(argv)
     run(config)
     return 0

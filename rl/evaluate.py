@@ -25,6 +25,7 @@ from policies.generate import (
 )
 from policies.commands import CommandParser, command
 from policies.images import captioned_grid, save_png, to_pil
+from policies.output_folder import claim_output_folder
 from policies.records import read_records, write_json, write_jsonl
 
 from .data import load_prompt_set
@@ -175,6 +176,9 @@ def evaluate_prompt_lengths(
 
 
 # -------------------------------------------------------------------------------- CLI
+OUT_HELP = "output folder: new or empty (a folder holding other files is refused, not mixed into)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = CommandParser(prog="simplear-rl eval", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="benchmark", required=True)
@@ -182,19 +186,20 @@ def build_parser() -> argparse.ArgumentParser:
     add_policy_arguments(geneval, model_required=True)
     geneval.add_argument("--prompts", required=True, help="GenEval evaluation_metadata.jsonl")
     add_sampling_arguments(geneval, num_images=4)
-    geneval.add_argument("--out", required=True)
+    geneval.add_argument("--out", required=True, help=OUT_HELP)
     dpg = sub.add_parser("dpg", help="DPG-Bench layout (a 2x2 grid per prompt)")
     add_policy_arguments(dpg, model_required=True)
     dpg.add_argument("--prompts", required=True, help="folder of DPG-Bench <name>.txt prompt files")
     add_sampling_arguments(dpg, num_images=4)
-    dpg.add_argument("--out", required=True)
+    dpg.add_argument("--out", required=True, help=OUT_HELP)
     rewards = sub.add_parser("rewards", help="reward scores of a checkpoint on a prompt set")
     add_policy_arguments(rewards, model_required=True)
     rewards.add_argument("--prompts", required=True, help="prompt set (JSONL/JSON/.txt/datasets folder) with metadata")
-    rewards.add_argument("--prompt_length", default="short", choices=["short", "long", "mix"])
+    rewards.add_argument("--prompt_length", default="short", choices=["short", "long", "mix"],
+                         help="caption column to prompt with: short (`prompt`), long (`long_prompt`) or mix")
     rewards.add_argument("--rewards", required=True, help="recipe/YAML file with a `rewards:` list, or names a,b")
     add_sampling_arguments(rewards, num_images=4)
-    rewards.add_argument("--out", required=True)
+    rewards.add_argument("--out", required=True, help=OUT_HELP)
     return parser
 
 
@@ -216,6 +221,7 @@ def main(argv: list[str] | None = None) -> int:
         suite = build_rewards(specs, aggregation=options.get("aggregation", "sum"))
         table = load_prompt_set(args.prompts, args.prompt_length)
         suite.validate_columns(set(table.column_names))
+    claim_output_folder(Path(args.out), f"eval {args.benchmark}")
     setup = build_setup(args, log)
     if args.benchmark == "geneval":
         out = write_geneval(setup, args.prompts, args.out, args.num_images, args.seed, args.batch_size)

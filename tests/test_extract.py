@@ -227,3 +227,28 @@ def test_two_process_accelerate_launch_encodes_each_picture_once(demo, tmp_path)
     assert done.stdout.count("to encode") == 1  # one main process, not two independent runs
     assert len(load_cache(out)[0]) == 24
     assert (out / INFO_FILE).exists()
+
+
+def test_plain_picture_folder_with_txt_captions_encodes_and_skips_the_uncaptioned(tmp_path):
+    folder = tmp_path / "pictures"
+    (folder / "sub").mkdir(parents=True)
+    for name, rgb in (("a.png", (255, 0, 0)), ("sub/b.jpg", (0, 0, 255)), ("c.png", (0, 255, 0))):
+        Image.new("RGB", (64, 64), rgb).save(folder / name)
+    (folder / "a.txt").write_text("a red square\n")
+    (folder / "sub" / "b.txt").write_text("a blue square")
+    cache = tmp_path / "cache"
+    assert main(["--images", str(folder), "--out", str(cache), "--resolution", "64", "--codec", "palette"]) == 0
+    rows = load_cache(cache)[0]
+    assert sorted(zip(rows["id"], rows["caption"])) == [("a.png", "a red square"), ("sub/b.jpg", "a blue square")]
+    assert rows["codes"][rows["id"].index("a.png")] == _codes_of(folder / "a.png")
+    skipped = [json.loads(line) for line in (cache / SKIPPED_FILE).read_text().splitlines()]
+    assert [s["id"] for s in skipped] == ["c.png"] and "c.txt" in skipped[0]["reason"]
+
+
+def test_picture_folder_with_imagefolder_metadata_jsonl_reads_file_name_column(tmp_path):
+    folder = tmp_path / "pictures"
+    folder.mkdir()
+    Image.new("RGB", (64, 64), (255, 0, 0)).save(folder / "x.png")
+    (folder / "metadata.jsonl").write_text(json.dumps({"file_name": "x.png", "caption": "a red square", "tag": 1}) + "\n")
+    (record,) = read_records(folder)
+    assert (record.image, record.caption, record.meta) == (str(folder / "x.png"), "a red square", {"tag": 1})

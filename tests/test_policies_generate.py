@@ -50,7 +50,7 @@ def test_any_image_is_reproduced_alone_from_its_recorded_seed(tmp_path):
     record = read_metadata(tmp_path / "all")[3]
     alone = tmp_path / "alone"
     main(["--prompts", record["prompt"], "--seed", str(record["seed"]), "--out", str(alone)])
-    assert np.array_equal(pixels(alone / "0_0.png"), pixels(tmp_path / "all" / record["file"]))
+    assert np.array_equal(pixels(alone / "0_0.png"), pixels(tmp_path / "all" / record["image"]))
 
 
 def test_prompts_file_txt_and_jsonl_are_read(tmp_path):
