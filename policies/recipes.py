@@ -29,7 +29,7 @@ RESUME_HELP = ("`last` (the newest complete checkpoint-N in output_dir) or a che
 INPUT_PATH_KEYS = ("train_prompts", "eval_prompts", "monitor_prompts", "cache", "images", "model_name_or_path",
                    "base_model", "codec_path")
 #: Parser-only flags that are no recipe keys.
-PARSER_FLAGS = ("config", "simplear_debug", "help")
+PARSER_FLAGS = ("config", "simplear_debug", "simplear_task", "help")
 
 
 def read_yaml_mapping(path: str | Path, what: str = "recipe") -> dict:

@@ -156,6 +156,13 @@ def _score(args: argparse.Namespace) -> int:
     # Every column any row has; rows without it get None (GenEval's `exclude` is on counting rows only).
     columns = set.union(*(set(row) for row in rows)) - {"image", "prompt"}
     suite.validate_columns(columns)
+    for field_name in suite.required_fields:
+        lacking = [os.path.relpath(row["image"], args.images) for row in rows if row.get(field_name) is None]
+        if lacking:
+            raise InputError(
+                f"{len(lacking)} of {len(rows)} images have no {field_name!r} in {prompts} (e.g. {', '.join(lacking[:3])}); "
+                "every image a reward scores needs the metadata the reward reads"
+            )
     on_error = args.on_error or options.get("on_error", "fail")
 
     scores: dict[str, list[torch.Tensor]] = {name: [] for name in suite.names}

@@ -8,6 +8,7 @@ stages are reused, an interrupted one resumes from its last checkpoint.
 
 from __future__ import annotations
 
+import argparse
 import json
 import shutil
 import time
@@ -233,6 +234,14 @@ def run(config: DemoConfig) -> dict:
 
 TASKS_HELP = ("--task shapes (default): colour and shape prompts judged by verifiable rewards (recipes/demo/). "
               "--task numbers: written numbers judged by PP-OCR (recipes/demo_numbers/, docs/demo-numbers.md).")
+def demo_parser(config_type: type, command: str) -> RecipeParser:
+    """The recipe parser of a demo task; ``--task`` is listed in its help (it is read before parsing)."""
+    parser = RecipeParser(config_type, command=command, description=TASKS_HELP)
+    parser.add_argument("--task", dest="simplear_task", choices=list(TASKS), default=argparse.SUPPRESS,
+                        help="which demo to run (default: shapes)")
+    return parser
+
+
 #: ``--task``: the default shapes demo (this module) or another task's module with its own ``main(argv)``.
 TASKS = {"shapes": None, "numbers": "rl.demo_numbers"}
 
@@ -262,6 +271,6 @@ def main(argv: list[str]) -> int:
         return importlib.import_module(TASKS[task]).main(argv)
     if "--config" not in argv:
         argv = ["--config", str(DEFAULT_CONFIG), *argv]
-    (config,) = RecipeParser(DemoConfig, command="demo", description=TASKS_HELP).parse_args_and_config(argv)
+    (config,) = demo_parser(DemoConfig, "demo").parse_args_and_config(argv)
     run(config)
     return 0

@@ -23,7 +23,7 @@ import torch
 from policies.records import write_json, write_jsonl
 from pretrain_sft.train import cpu_threads
 
-from .demo import STAGE_RECIPE_HELP, TASKS_HELP, Pipeline, recipe_path
+from .demo import STAGE_RECIPE_HELP, Pipeline, demo_parser, recipe_path
 from .demo_folder import prepare_demo_out
 
 REPO = Path(__file__).resolve().parents[1]
@@ -332,11 +332,8 @@ def _run(config: NumbersDemoConfig, out: Path) -> dict:
 
 def main(argv: list[str]) -> int:
     """``simplear-rl demo --task numbers [--config recipes/demo_numbers/demo.yaml] [--out DIR] [--quick] [--fresh]``."""
-    from policies.recipes import RecipeParser
-
     if "--config" not in argv:
         argv = ["--config", str(DEFAULT_CONFIG), *argv]
-    parser = RecipeParser(NumbersDemoConfig, command="demo --task numbers", description=TASKS_HELP)
-    (config,) = parser.parse_args_and_config(argv)
+    (config,) = demo_parser(NumbersDemoConfig, "demo --task numbers").parse_args_and_config(argv)
     run(config)
     return 0

@@ -221,3 +221,14 @@ def test_tiny_grpo_recipe_trains_from_another_folder(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert cli_main(["grpo", "--config", str(TINY_GRPO), "--max_steps", "1", "--output_dir", "run", "--report_to", "none"]) == 0
     assert (tmp_path / "run" / "metrics.jsonl").exists()
+
+
+def test_rewards_score_names_images_whose_metadata_lacks_a_required_field(tmp_path, capsys):
+    out = tmp_path / "samples"
+    assert cli_main(["generate", "--prompts_file", str(REPO / "recipes/tiny/prompts.jsonl"), "--num_images", "1",
+                     "--out", str(out), "--batch_size", "8"]) == 0
+    assert _generate(out, "--append") == 0  # plain captions: no `objects`
+    capsys.readouterr()
+    assert cli_main(["rewards", "score", "--rewards", "color_region", "--images", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "4 of" in err and "'objects'" in err and "run1_0_0.png" in err and "Traceback" not in err
