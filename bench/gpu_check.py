@@ -85,7 +85,7 @@ def _import_measurements() -> None:
 
     from policies.guidance import SamplingConfig
     from policies.sampler import sample_images
-    from policies.static_sampler import COMPILE_STATS
+    from policies.rollout import COMPILE_STATS
     from policies.tiny import BASIC_WORDS, build_tiny_policy
 
 

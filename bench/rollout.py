@@ -50,8 +50,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from policies.guidance import SamplingConfig  # noqa: E402
 from policies.heads import position_ids_from_mask  # noqa: E402
-from policies.sampler import left_pad, sample_images  # noqa: E402
-from policies.static_sampler import COMPILE_STATS  # noqa: E402
+from policies.rollout import COMPILE_STATS, left_pad  # noqa: E402
+from policies.sampler import sample_images  # noqa: E402
 from policies.vocab import VisualVocab  # noqa: E402
 
 TEXT_VOCAB, CODEBOOK = 151_672, 64_000  # the released SimpleAR layout: 215,672 rows

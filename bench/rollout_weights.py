@@ -32,7 +32,7 @@ from rollout import PeakMemory, build_model, layout_vocab, make_prompts, special
 from policies.guidance import SamplingConfig  # noqa: E402
 from policies.rollout_weights import RolloutSnapshot  # noqa: E402
 from policies.sampler import sample_images  # noqa: E402
-from policies.static_sampler import COMPILE_STATS  # noqa: E402
+from policies.rollout import COMPILE_STATS  # noqa: E402
 
 
 def cpu_name() -> str:

@@ -35,7 +35,7 @@ from policies.rollout_weights import RolloutWeights
 from policies.sampler import sample_images
 from policies.sharding import fsdp2_rollout
 from policies.sources import write_policy_record
-from policies.static_sampler import COMPILE_STATS
+from policies.rollout import COMPILE_STATS
 from policies.scoring import guided_token_logprobs
 
 from .alerts import AlertCallback
