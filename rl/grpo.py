@@ -23,8 +23,9 @@ from policies.recipes import RecipeParser
 from policies.tiny import build_tiny_policy, caption_words
 from pretrain_sft.checkpoints import last_complete_checkpoint, prepare_output_dir
 
-from .config import ImageGRPOConfig, ScriptArguments, check_master_weights
+from .config import ImageGRPOConfig, ScriptArguments
 from .data import load_prompt_set
+from .precision import check_master_weights
 
 logger = logging.getLogger(__name__)
 TINY = "tiny"
