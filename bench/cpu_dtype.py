@@ -13,16 +13,13 @@ import argparse
 import copy
 import json
 import sys
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from rollout import METHODS, SIZES, build_model, layout_vocab, make_prompts, timed  # noqa: E402
-
-from policies.dtypes import cpu_has_bf16  # noqa: E402
+# bench/common.py and bench/rollout.py, beside this script; common puts the checkout on sys.path for `policies`.
+from common import SIZES, build_model, layout_vocab, make_prompts, write_rows  # isort: skip
+from rollout import METHODS, timed  # isort: skip
+from policies.dtypes import cpu_has_bf16
 
 
 def measure(size: str, grid: int, batch: int, repeats: int, cfg_scale: float) -> dict:
@@ -64,8 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     for r in rows:
         print(f"| {r['size']} | {r['hidden_size']} | {r['params'] / 1e6:.1f} M | {r['grid'][0]}×{r['grid'][1]} | "
               f"{r['batch']} | {r['fp32_seconds']:.3f} | {r['bf16_seconds']:.3f} | {r['bf16_speedup']:.2f} |")
-    if args.json:
-        Path(args.json).write_text(json.dumps({"env": env, "rows": rows}, indent=2) + "\n")
+    write_rows(args.json, env, rows)
     return 0
 
 

@@ -81,11 +81,12 @@ def _import_measurements() -> None:
     """The modules the measurements use, imported once the version guards passed."""
     global bench_batch, build_model, layout_vocab, make_prompts, special_ids, SamplingConfig, sample_images
     global COMPILE_STATS, BASIC_WORDS, build_tiny_policy
-    from rollout import bench_batch, build_model, layout_vocab, make_prompts, special_ids
+    from common import build_model, layout_vocab, make_prompts, special_ids
+    from rollout import bench_batch
 
     from policies.guidance import SamplingConfig
     from policies.sampler import sample_images
-    from policies.static_sampler import COMPILE_STATS
+    from policies.rollout import COMPILE_STATS
     from policies.tiny import BASIC_WORDS, build_tiny_policy
 
 

@@ -40,7 +40,6 @@ At real dimensions this cannot be made quick on a 2-core CPU: one fp32 rollout o
 from __future__ import annotations
 
 import argparse
-import ctypes
 import datetime as _dt
 import json
 import os
@@ -55,56 +54,21 @@ from pathlib import Path
 import torch
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+# bench/common.py, beside this script; importing it puts the checkout on sys.path for `policies`.
+from common import (  # isort: skip
+    CODEBOOK, PAD, SIZES, SOI, T2I, TEXT_VOCAB, build_model, make_prompts, malloc_trim, qwen2_config, rss,
+)
+from policies.guidance import SamplingConfig, entropy_from_logprobs, sampling_logprobs
+from policies.heads import HeadWeights, head_forward, replaced_head
+from policies.sampler import sample_images
+from policies.scoring import guided_token_logprobs, map_position_chunks
+from policies.vocab import VisualVocab
 
-from policies.guidance import SamplingConfig, entropy_from_logprobs, sampling_logprobs  # noqa: E402
-from policies.heads import HeadWeights, head_forward, replaced_head  # noqa: E402
-from policies.sampler import sample_images  # noqa: E402
-from policies.scoring import guided_token_logprobs, map_position_chunks  # noqa: E402
-from policies.tiny import tiny_qwen2_config  # noqa: E402
-from policies.vocab import VisualVocab  # noqa: E402
-
-from rollout import CODEBOOK, PAD, SIZES, SOI, T2I, TEXT_VOCAB  # noqa: E402  (bench/ is this script's folder)
-
-DIMS = {
-    "0.5b": SIZES["0.5b"],
-    "1.5b": dict(hidden_size=1536, num_hidden_layers=28, num_attention_heads=12, num_key_value_heads=2, intermediate_size=8960),
-}
+#: Model sizes of the gap and memory parts (bench/common.py's dims).
+GAP_SIZES = ("0.5b", "1.5b")
 HEAD_MODES = ("autocast", "autocast+fp32head", "fp32")
 OPTIONS = ("fp32", "bf16", "A", "A+fp32head", "B", "B+fp32head")
 GiB, MiB = 2**30, 2**20
-
-
-# ----------------------------------------------------------------------------- model and prompts
-
-
-def qwen2_config(size: str, layers: int | None = None, init_std: float = 0.02):
-    dims = dict(DIMS[size])
-    if layers:
-        dims["num_hidden_layers"] = layers
-    return tiny_qwen2_config(
-        TEXT_VOCAB + CODEBOOK, max_position_embeddings=32_768, rope_theta=1_000_000.0,
-        initializer_range=init_std, **dims,
-    )
-
-
-def build_model(size: str, layers: int | None, init_std: float) -> nn.Module:
-    """fp32 random-weight Qwen2 (the fp32 masters); parameters require grad, as a trained policy's do."""
-    from transformers import Qwen2ForCausalLM
-
-    torch.manual_seed(0)
-    return Qwen2ForCausalLM(qwen2_config(size, layers, init_std)).eval()
-
-
-def make_prompts(n_prompts: int, samples: int) -> tuple[list[list[int]], list[int], list[int]]:
-    """``n_prompts`` captions of different lengths (random text ids), each repeated ``samples`` times."""
-    gen = torch.Generator().manual_seed(1)
-    prompts = []
-    for i in range(n_prompts):
-        caption = torch.randint(1_000, 150_000, (10 + (23 * i) % 40,), generator=gen).tolist()
-        prompts += [[T2I, *caption, SOI]] * samples
-    seeds = [1000 + i for i in range(len(prompts))]
-    return prompts, [T2I, SOI], seeds
 
 
 def cast_copy(src: nn.Module, dst: nn.Module) -> None:
@@ -217,8 +181,8 @@ def step_times(master: nn.Module, bf16_model: nn.Module, rows: int, contexts: li
 
 
 def run_steps(args) -> list[dict]:
-    master = build_model(args.size, args.layers, args.init_std)
-    bf16_model = build_model(args.size, args.layers, args.init_std).to(torch.bfloat16)
+    master = build_model(args.size, layers=args.layers, init_std=args.init_std)
+    bf16_model = build_model(args.size, layers=args.layers, init_std=args.init_std).to(torch.bfloat16)
     contexts = [int(c) for c in args.step_contexts.split(",")]
     return step_times(master, bf16_model, rows=2 * args.prompts * args.samples, contexts=contexts)
 
@@ -252,15 +216,16 @@ def gap_stats(sampler: torch.Tensor, trainer: torch.Tensor) -> dict:
 
 def run_gap(args) -> tuple[dict, list[dict]]:
     t0 = time.perf_counter()
-    master = build_model(args.size, args.layers, args.init_std)
-    bf16_model = build_model(args.size, args.layers, args.init_std).to(torch.bfloat16)  # same init, cast
+    master = build_model(args.size, layers=args.layers, init_std=args.init_std)
+    bf16_model = build_model(args.size, layers=args.layers, init_std=args.init_std).to(torch.bfloat16)  # same init, cast
     copy_bf16 = bf16_model  # B's copy: the same values; B re-copies from the masters before every rollout
     print(f"# built models in {time.perf_counter() - t0:.0f} s", flush=True)
     params = sum(p.numel() for p in master.parameters())
     grid = (args.grid, args.grid)
     vocab = VisualVocab(text_vocab_size=TEXT_VOCAB, codebook_size=CODEBOOK, grid=grid)
     config = SamplingConfig(cfg_scale=args.cfg_scale, temperature=args.temperature)
-    prompts, uncond, seeds = make_prompts(args.prompts, args.samples)
+    prompts, uncond = make_prompts(args.prompts, vocab, samples=args.samples, lengths=(10, 23, 40))
+    seeds = [1000 + i for i in range(len(prompts))]
     names = [o.strip() for o in args.options.split(",") if o.strip()]
     options = [Option(n, master, copy_bf16, bf16_model) for n in names]
 
@@ -354,11 +319,6 @@ class _HeadOnly(nn.Module):
         return self.lm_head
 
 
-def _rss() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * 4096
-
-
 def _reset_peak_rss() -> bool:
     """Reset the kernel's peak-RSS mark (VmHWM) of this process to its current RSS (Linux >= 4.0)."""
     try:
@@ -420,8 +380,8 @@ def head_memory_worker(
         logps.sum().backward()
 
     run(2, 1)  # allocates the head's gradient buffer and warms up kernels, at negligible size
-    ctypes.CDLL("libc.so.6").malloc_trim(0)
-    base = _rss()
+    malloc_trim()
+    base = rss()
     peak_reset = _reset_peak_rss()
     t = time.perf_counter()
     run(positions, chunk)
@@ -452,7 +412,7 @@ def run_head_memory(args) -> list[dict]:
     for chunk, batch, mode, visual_only in settings:
         cmd = [sys.executable, __file__, "--_head_worker", json.dumps(
             {"chunk": chunk, "positions": args.mem_positions, "batch": batch, "mode": mode,
-             "hidden_size": DIMS[args.size]["hidden_size"], "cfg_scale": args.cfg_scale, "visual_only": visual_only})]
+             "hidden_size": SIZES[args.size]["hidden_size"], "cfg_scale": args.cfg_scale, "visual_only": visual_only})]
         if args.threads:
             cmd += ["--threads", str(args.threads)]
         # Every allocation above 64 KiB is its own mmap, returned to the OS when freed: RSS then follows
@@ -521,15 +481,15 @@ def measure_autocast_cache(layers: int | None, init_std: float) -> dict:
     multiplies only the 64,000 visual rows: the sampler's (last position, ``no_grad``) and the scorer's (every
     position, grad on). The visual rows are a slice (a view), which autocast casts per call but never caches.
     """
-    model = build_model("0.5b", layers, init_std)
+    model = build_model("0.5b", layers=layers, init_std=init_std)
     vocab = VisualVocab(text_vocab_size=TEXT_VOCAB, codebook_size=CODEBOOK, grid=(1, 1))
     head = HeadWeights(model, vocab)
     ids = torch.tensor([[T2I, 5, 6, 7, SOI]])
     mask = torch.ones_like(ids)
     out: dict = {"layers": model.config.num_hidden_layers}
     for path in ("sampler (head_forward, no_grad)", "scorer (head_forward, grad)"):
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-        base = _rss()
+        malloc_trim()
+        base = rss()
         with autocast(True):
             if path.startswith("sampler"):
                 with torch.no_grad():
@@ -537,8 +497,8 @@ def measure_autocast_cache(layers: int | None, init_std: float) -> dict:
             else:
                 logits = head_forward(model, head.visual_logits, ids, mask)
             del logits
-            ctypes.CDLL("libc.so.6").malloc_trim(0)
-            out[path] = _rss() - base
+            malloc_trim()
+            out[path] = rss() - base
     return out
 
 
@@ -581,7 +541,7 @@ def cpu_name() -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--parts", default="gap,steps,head_memory,training_memory", help="comma-separated subset")
-    p.add_argument("--size", choices=sorted(DIMS), default="0.5b", help="dims of the gap model (default Qwen2.5-0.5B)")
+    p.add_argument("--size", choices=GAP_SIZES, default="0.5b", help="dims of the gap model (default Qwen2.5-0.5B)")
     p.add_argument("--layers", type=int, default=None, help="override the number of layers (default: the real 24)")
     p.add_argument("--grid", type=int, default=16, help="side of the sampled token grid")
     p.add_argument("--prompts", type=int, default=2, help="distinct prompts (different lengths, left-padded)")

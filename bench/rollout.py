@@ -29,80 +29,20 @@ The baselines:
 from __future__ import annotations
 
 import argparse
-import ctypes
 import json
 import statistics
 import sys
-import threading
 import time
-from pathlib import Path
 
 import torch
-from transformers import (
-    DynamicCache,
-    GenerationConfig,
-    LogitsProcessor,
-    Qwen2Config,
-    Qwen2ForCausalLM,
-)
+from transformers import DynamicCache, LogitsProcessor
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
-
-from policies.guidance import SamplingConfig  # noqa: E402
-from policies.heads import position_ids_from_mask  # noqa: E402
-from policies.sampler import left_pad, sample_images  # noqa: E402
-from policies.static_sampler import COMPILE_STATS  # noqa: E402
-from policies.vocab import VisualVocab  # noqa: E402
-
-TEXT_VOCAB, CODEBOOK = 151_672, 64_000  # the released SimpleAR layout: 215,672 rows
-T2I, SOI, PAD = 151_665, 151_667, 151_643
-SIZES = {
-    # The tiny demo policy (recipes/tiny, recipes/demo): 2 layers, hidden 64, a ~100-word text vocabulary, 64 codes.
-    "tiny": dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, intermediate_size=128),
-    "cpu": dict(hidden_size=256, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2, intermediate_size=1024),
-    # Qwen2.5-0.5B dimensions (the SimpleAR-0.5B backbone).
-    "0.5b": dict(hidden_size=896, num_hidden_layers=24, num_attention_heads=14, num_key_value_heads=2, intermediate_size=4864),
-}
-#: ``(text_vocab_size, codebook_size)`` per size: the released SimpleAR layout except for the tiny demo policy.
-LAYOUTS = {"tiny": (104, 64), "cpu": (TEXT_VOCAB, CODEBOOK), "0.5b": (TEXT_VOCAB, CODEBOOK)}
-
-
-def layout_vocab(size: str, grid: tuple[int, int]) -> VisualVocab:
-    """The visual layout of a benchmark size."""
-    text_vocab, codebook = LAYOUTS[size]
-    return VisualVocab(text_vocab_size=text_vocab, codebook_size=codebook, grid=grid)
-
-
-def build_model(size: str, device: torch.device, dtype: torch.dtype) -> Qwen2ForCausalLM:
-    """A random-weight Qwen2 with the size's vocabulary (the real 215,672 rows except ``tiny``) and body."""
-    config = Qwen2Config(
-        vocab_size=sum(LAYOUTS[size]), tie_word_embeddings=True, use_sliding_window=False,
-        max_position_embeddings=32_768, rope_theta=1_000_000.0, **SIZES[size],
-    )
-    torch.manual_seed(0)
-    model = Qwen2ForCausalLM(config).to(device=device, dtype=dtype).eval()
-    model.generation_config = GenerationConfig()  # no text-chat defaults
-    return model
-
-
-def special_ids(vocab: VisualVocab) -> tuple[int, int, int]:
-    """``(t2i, soi, pad)`` ids: SimpleAR's for the real layout, the last text ids for the tiny one."""
-    if vocab.text_vocab_size == TEXT_VOCAB:
-        return T2I, SOI, PAD
-    return vocab.text_vocab_size - 7, vocab.text_vocab_size - 5, 0
-
-
-def make_prompts(batch: int, vocab: VisualVocab) -> tuple[list[list[int]], list[int]]:
-    """``batch`` templated prompts of different lengths (random text ids) and the shared uncond prompt."""
-    t2i, soi, _ = special_ids(vocab)
-    low, high = (1_000, 150_000) if vocab.text_vocab_size == TEXT_VOCAB else (3, vocab.text_vocab_size - 7)
-    gen = torch.Generator().manual_seed(1)
-    prompts = []
-    for i in range(batch):
-        caption = torch.randint(low, high, (12 + (7 * i) % 24,), generator=gen).tolist()
-        prompts.append([t2i, *caption, soi])
-    return prompts, [t2i, soi]
-
+# bench/common.py, beside this script; importing it puts the checkout on sys.path for `policies`.
+from common import SIZES, PeakMemory, build_model, layout_vocab, make_prompts, special_ids, write_rows  # isort: skip
+from policies.guidance import SamplingConfig
+from policies.heads import position_ids_from_mask
+from policies.rollout import COMPILE_STATS, left_pad
+from policies.sampler import sample_images
 
 # ----------------------------------------------------------------------------- the four samplers
 
@@ -173,49 +113,6 @@ METHODS = {"eager": run_sampler("eager"), "compiled": run_sampler("compiled"), "
 
 
 # ----------------------------------------------------------------------------- measuring
-
-
-class PeakMemory:
-    """Peak memory above the level at entry: CUDA allocator stats, or RSS polled every 2 ms on CPU."""
-
-    def __init__(self, device: torch.device):
-        self.device = device
-        self.peak = 0
-
-    @staticmethod
-    def _rss() -> int:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * 4096
-
-    def _poll(self):
-        while not self._stop.is_set():
-            self._max = max(self._max, self._rss())
-            time.sleep(0.002)
-
-    def __enter__(self):
-        if self.device.type == "cuda":
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-            self._base = torch.cuda.memory_allocated()
-        else:
-            try:  # hand freed heap back to the OS so one method's leftovers do not hide the next one's peak
-                ctypes.CDLL("libc.so.6").malloc_trim(0)
-            except OSError:
-                pass
-            self._base = self._max = self._rss()
-            self._stop = threading.Event()
-            self._thread = threading.Thread(target=self._poll, daemon=True)
-            self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        if self.device.type == "cuda":
-            torch.cuda.synchronize()
-            self.peak = torch.cuda.max_memory_allocated() - self._base
-        else:
-            self._stop.set()
-            self._thread.join()
-            self.peak = max(self._max, self._rss()) - self._base
 
 
 def timed(fn, model, vocab, prompts, uncond, cfg_scale, seed) -> tuple[float, int, torch.Tensor]:
@@ -319,8 +216,7 @@ def main(argv: list[str] | None = None) -> int:
         done = ", ".join(f"{r['method']} {r['tokens_per_s']:.0f}" for r in rows[-len(methods):])
         print(f"# batch {batch}: tokens/s {done}", file=sys.stderr, flush=True)
     print(markdown(rows, device.type))
-    if args.json:
-        Path(args.json).write_text(json.dumps({"env": env, "rows": rows}, indent=2) + "\n")
+    write_rows(args.json, env, rows)
     return 0
 
 

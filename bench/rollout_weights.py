@@ -20,19 +20,15 @@ import platform
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from rollout import PeakMemory, build_model, layout_vocab, make_prompts, special_ids  # noqa: E402
-
-from policies.guidance import SamplingConfig  # noqa: E402
-from policies.rollout_weights import RolloutSnapshot  # noqa: E402
-from policies.sampler import sample_images  # noqa: E402
-from policies.static_sampler import COMPILE_STATS  # noqa: E402
+# bench/common.py, beside this script; importing it puts the checkout on sys.path for `policies`.
+from common import PeakMemory, build_model, layout_vocab, make_prompts, special_ids, write_rows  # isort: skip
+from policies.guidance import SamplingConfig
+from policies.rollout import COMPILE_STATS
+from policies.rollout_weights import RolloutSnapshot
+from policies.sampler import sample_images
 
 
 def cpu_name() -> str:
@@ -124,8 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     for r in rows:
         print(f"| {r['batch']} | {r['autocast_ms_per_step']:.1f} | {r['snapshot_ms_per_step']:.1f} | "
               f"{r['snapshot_speedup']:.2f} | {r['refresh_s']:.2f} | {r['same_codes']} | {r['max_logprob_diff']:.2g} |")
-    if args.json:
-        Path(args.json).write_text(json.dumps({"env": env, "rows": rows}, indent=2) + "\n")
+    write_rows(args.json, env, rows)
     return 0
 
 

@@ -16,7 +16,7 @@ _EXPORTS = {
     "extend_llm": ".loading",
     "extend_vocabulary": ".loading",
     "load_policy": ".loading",
-    "Rollout": ".sampler",
+    "Rollout": ".rollout",
     "sample_images": ".sampler",
     "SIMPLEAR_SPECIAL_TOKENS": ".vocab",
     "VisualTokenError": ".vocab",

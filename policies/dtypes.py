@@ -1,10 +1,14 @@
-"""Dtype names from recipes and command lines (``bf16``, ``float32``, ``auto``...) as torch dtypes."""
+"""Dtype names from recipes and command lines (``bf16``, ``float32``, ``auto``...) as torch dtypes.
+
+The one table of dtype names: the policy, its codec, the rewards and the trainer's checks all read it.
+"""
 
 from __future__ import annotations
 
 import torch
 
-_NAMES = {
+#: Every dtype name a recipe or command line may use.
+DTYPE_NAMES = {
     "bf16": torch.bfloat16,
     "bfloat16": torch.bfloat16,
     "fp16": torch.float16,
@@ -41,7 +45,15 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: str | torch.device | 
             return torch.bfloat16
         wide = hidden_size is not None and hidden_size >= CPU_BF16_MIN_HIDDEN
         return torch.bfloat16 if wide and cpu_has_bf16() else torch.float32
-    name = str(dtype).removeprefix("torch.").lower()
-    if name not in _NAMES:
-        raise ValueError(f"unknown dtype {dtype!r}; use auto or one of {sorted(_NAMES)}")
-    return _NAMES[name]
+    return named_dtype(dtype, "auto or one of")
+
+
+def named_dtype(name: str | torch.dtype, choices: str = "one of", error: type[Exception] = ValueError) -> torch.dtype:
+    """The torch dtype of a name in :data:`DTYPE_NAMES` (``"torch."`` prefix and case ignored); an unknown name raises
+    ``error`` naming the choices."""
+    if isinstance(name, torch.dtype):
+        return name
+    key = str(name).removeprefix("torch.").lower()
+    if key not in DTYPE_NAMES:
+        raise error(f"unknown dtype {name!r}; use {choices} {sorted(DTYPE_NAMES)}")
+    return DTYPE_NAMES[key]

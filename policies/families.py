@@ -27,7 +27,8 @@ import torch
 from torch import nn
 
 from .heads import HeadWeights, unwrap_causal_lm
-from .vocab import VisualVocab, stored_layout
+from .sharding import full_shape
+from .vocab import SIMPLEAR_SPECIAL_TOKENS, VisualVocab, check_model_vocab, stored_layout
 
 
 class PolicyFamily:
@@ -92,6 +93,10 @@ class PolicyFamily:
         return {"name": "vqvae", "path": str(folder)} if self.own_vqvae and folder is not None else None
 
 
+#: Grid of a released SimpleAR checkpoint when none is given (1024 px with Cosmos DV8x16x16).
+SIMPLEAR_DEFAULT_GRID = (64, 64)
+
+
 class SimpleARFamily(PolicyFamily):
     """SimpleAR-style Qwen2 decoders: visual codes appended after the text vocabulary, one LM head."""
 
@@ -107,10 +112,30 @@ class SimpleARFamily(PolicyFamily):
         model.generation_config = GenerationConfig()  # never inherit a text-chat sampling config
         return model
 
-    def resolve_layout(self, model, tokenizer, codebook_size=None, grid=None) -> VisualVocab:
-        from .loading import recover_vocab  # the stored layout, or SimpleAR's specials, checked against the rows
+    def layout(self, model, tokenizer, codebook_size, grid) -> VisualVocab:
+        """A released SimpleAR checkpoint records no layout: the offset is the id after the last of its 7 specials
+        (151,672); the codebook is the rows after it."""
+        ids = tokenizer.convert_tokens_to_ids(list(SIMPLEAR_SPECIAL_TOKENS))
+        missing = [t for t, i in zip(SIMPLEAR_SPECIAL_TOKENS, ids) if i is None or i == tokenizer.unk_token_id]
+        if missing:
+            raise ValueError(
+                f"tokenizer lacks the SimpleAR special tokens {missing}; this is not a SimpleAR checkpoint. "
+                "Build a fresh policy from an LLM with `policies.loading.extend_llm`."
+            )
+        offset = max(ids) + 1
+        codebook = codebook_size if codebook_size is not None else _embedding_rows(model) - offset
+        return VisualVocab(text_vocab_size=offset, codebook_size=codebook, grid=grid or SIMPLEAR_DEFAULT_GRID)
 
-        return recover_vocab(model, tokenizer, codebook_size=codebook_size, grid=grid)
+    def resolve_layout(self, model, tokenizer, codebook_size=None, grid=None) -> VisualVocab:
+        """The stored or recovered layout, checked against the model's rows (visual codes are real rows here)."""
+        vocab = super().resolve_layout(model, tokenizer, codebook_size, grid)
+        check_model_vocab(_embedding_rows(model), vocab, where="checkpoint embedding")
+        return vocab
+
+
+def _embedding_rows(model: nn.Module) -> int:
+    """The input embedding's row count (the whole table, not the local shard under ZeRO-3)."""
+    return full_shape(model.get_input_embeddings().weight)[0]
 
 
 # --------------------------------------------------------------------------------------------- Janus

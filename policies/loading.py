@@ -18,14 +18,12 @@ from transformers import (
 
 from .dtypes import resolve_dtype
 from .families import PolicyFamily, SimpleARFamily, family_for_model_type
-from .sharding import full_shape, gathered_for_edit
+from .sharding import gathered_for_edit
 from .sources import TOKENIZER_FILES, PolicySource, resolve_source
-from .vocab import CONFIG_KEY, SIMPLEAR_SPECIAL_TOKENS, VisualVocab, check_model_vocab, stored_layout
+from .vocab import CONFIG_KEY, SIMPLEAR_SPECIAL_TOKENS, VisualVocab
 
 logger = logging.getLogger(__name__)
 
-#: Grid of a released SimpleAR checkpoint when none is given (1024 px with Cosmos DV8x16x16).
-DEFAULT_GRID = (64, 64)
 DEFAULT_CODEBOOK_SIZE = 64_000
 
 
@@ -117,34 +115,6 @@ def load_tokenizer(folder: Path) -> PreTrainedTokenizerBase:
     if (folder / "tokenizer.json").exists():
         return PreTrainedTokenizerFast.from_pretrained(folder)
     return AutoTokenizer.from_pretrained(folder)
-
-
-def recover_vocab(
-    model: PreTrainedModel,
-    tokenizer: PreTrainedTokenizerBase,
-    codebook_size: int | None = None,
-    grid: tuple[int, int] | None = None,
-) -> VisualVocab:
-    """The visual layout of a checkpoint: from its config if recorded, else from its special tokens.
-
-    Released SimpleAR checkpoints do not record the layout; there the offset is the id after the
-    last of the 7 specials (151,672), checked against the model's row count.
-    """
-    rows = full_shape(model.get_input_embeddings().weight)[0]  # not the local shard under ZeRO-3
-    vocab = stored_layout(model.config, codebook_size, grid)
-    if vocab is None:
-        ids = tokenizer.convert_tokens_to_ids(list(SIMPLEAR_SPECIAL_TOKENS))
-        missing = [t for t, i in zip(SIMPLEAR_SPECIAL_TOKENS, ids) if i is None or i == tokenizer.unk_token_id]
-        if missing:
-            raise ValueError(
-                f"tokenizer lacks the SimpleAR special tokens {missing}; this is not a SimpleAR checkpoint. "
-                "Build a fresh policy from an LLM with `policies.loading.extend_llm`."
-            )
-        offset = max(ids) + 1
-        codebook = codebook_size if codebook_size is not None else rows - offset
-        vocab = VisualVocab(text_vocab_size=offset, codebook_size=codebook, grid=grid or DEFAULT_GRID)
-    check_model_vocab(rows, vocab, where="checkpoint embedding")
-    return vocab
 
 
 def load_policy(

@@ -16,7 +16,7 @@ from torch.utils.checkpoint import checkpoint
 from .guidance import SamplingConfig, entropy_from_logprobs, sampling_logprobs
 from .families import visual_head
 from .heads import head_forward
-from .sampler import left_pad
+from .rollout import left_pad
 from .vocab import VisualVocab
 
 DEFAULT_CHUNK = 256

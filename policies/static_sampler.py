@@ -8,14 +8,16 @@ log-probs and entropies equal up to float rounding), built to keep a GPU busy:
   counter, the pre-drawn uniforms) and output (codes, log-probs, entropies) is a buffer allocated
   once; the decode step reads and writes them in place, so the loop allocates nothing, concatenates
   nothing and never waits for the device.
-- The decode step (a one-token decoder forward, then the :func:`policies.sampler.draw` the eager loop
-  uses) has fixed shapes and is compiled with ``torch.compile``; on CUDA with
-  ``mode="reduce-overhead"``, so that it replays as a CUDA graph. The prefill and the first token run
+- The decode step (a one-token decoder forward, then :func:`policies.rollout.draw`: the visual logits
+  from the head rows, then the :func:`~policies.rollout.draw_from_logits` the eager loop calls) has
+  fixed shapes and is compiled with ``torch.compile``; on CUDA with ``mode="reduce-overhead"``, so
+  that it replays as a CUDA graph. The prefill and the first token run
   eagerly.
 - Batches are padded to a bucket of rows (:func:`batch_bucket`) and prompts to a multiple of
   :data:`PROMPT_BLOCK` tokens, and the buffers are kept per model and settings (an :class:`Engine`),
   so GRPO steps, eval and generate reuse one compiled graph: one compilation per (bucket, grid,
-  sampling settings) per process. :data:`COMPILE_STATS` counts the compilations and their seconds.
+  sampling settings) per process. :data:`policies.rollout.COMPILE_STATS` counts the compilations and
+  their seconds.
 
 Sampling settings are constants of the compiled graph (a new ``cfg_scale`` compiles a new graph), so
 the graph does only the work those settings need, exactly as the eager loop does.
@@ -27,7 +29,6 @@ import inspect
 import time
 import weakref
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Iterator
 
 import torch
@@ -40,24 +41,13 @@ from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 from .guidance import SamplingConfig
 from .heads import decoder_of, position_ids_from_mask, visual_head_rows
-from .sampler import Rollout, draw, left_pad, row_uniforms
+from .rollout import COMPILE_STATS, Rollout, draw, left_pad, row_uniforms
 from .vocab import VisualVocab
 
 #: Prompts are left-padded to a multiple of this many tokens, so that prompt sets of similar lengths share a cache.
 PROMPT_BLOCK = 64
 #: Compiled variants of the decode step one process may hold (buckets x grids x settings x models).
 RECOMPILE_LIMIT = 64
-
-
-@dataclass
-class CompileStats:
-    """Compilations of the decode step in this process, and the wall time of the calls that compiled."""
-
-    compiles: int = 0
-    seconds: float = 0.0
-
-
-COMPILE_STATS = CompileStats()
 
 
 def batch_bucket(images: int) -> int:

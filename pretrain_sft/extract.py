@@ -166,12 +166,6 @@ def merge_into_cache(out: Path, area: WorkArea, info: CacheInfo) -> tuple[int, i
     return len(merged), len(skipped)
 
 
-def build_codec_for(args: ExtractArguments, device: torch.device):
-    from policies.codecs import build_codec
-
-    return build_codec(args.codec, path=args.codec_path, device=device, dtype=args.dtype, **args.codec_kwargs)
-
-
 def extract(args: ExtractArguments) -> Path:
     """Run extraction in this process (one rank of many under ``accelerate launch``); returns the cache path."""
     with quiet_datasets():
@@ -181,12 +175,14 @@ def extract(args: ExtractArguments) -> Path:
 def _extract(args: ExtractArguments) -> Path:
     from accelerate import PartialState
 
+    from policies.codecs import build_codec_for
+
     # Without CUDA (or with --device cpu) ranks talk over gloo: accelerate only does that when asked for CPU.
     state = PartialState(cpu=args.device == "cpu" or not torch.cuda.is_available())
     out = Path(args.out).expanduser().resolve()
     records = read_records(args.images, args.image_column, args.caption_column, args.split)
     device = torch.device(args.device) if args.device else state.device
-    codec = build_codec_for(args, device)
+    codec = build_codec_for(args.codec, args.codec_path, device=device, dtype=args.dtype, **args.codec_kwargs)
     info = CacheInfo(
         codec=args.codec,
         codec_kwargs=args.codec_kwargs,

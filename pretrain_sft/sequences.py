@@ -15,7 +15,7 @@ from typing import Any, Mapping
 import torch
 from torch.utils.data import Dataset
 
-from policies.sampler import left_pad
+from policies.rollout import left_pad
 from policies.vocab import VisualVocab
 
 IGNORE_INDEX = -100

@@ -16,28 +16,18 @@ from typing import Any, Callable, ClassVar, Sequence
 
 import torch
 
+from policies.dtypes import named_dtype
+
 from .errors import RewardConfigError, RewardOutputLengthError, RewardScoreError
 
 #: Marks a parameter without default in :meth:`Reward.parameters`.
 REQUIRED = inspect.Parameter.empty
 
-_DTYPES = {
-    "fp32": torch.float32, "float32": torch.float32, "float": torch.float32,
-    "fp16": torch.float16, "float16": torch.float16, "half": torch.float16,
-    "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
-}
-
 
 def resolve_dtype(dtype: torch.dtype | str | None) -> torch.dtype:
-    """``None`` -> float32; accepts a torch dtype or a name such as ``"bf16"`` / ``"float16"``."""
-    if dtype is None:
-        return torch.float32
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    key = str(dtype).lower().removeprefix("torch.")
-    if key not in _DTYPES:
-        raise RewardConfigError(f"unknown dtype {dtype!r}; use one of {sorted(_DTYPES)}")
-    return _DTYPES[key]
+    """``None`` -> float32; accepts a torch dtype or a name such as ``"bf16"`` / ``"float16"``
+    (:data:`policies.dtypes.DTYPE_NAMES`)."""
+    return torch.float32 if dtype is None else named_dtype(dtype, error=RewardConfigError)
 
 
 def _own_parameters(func: Callable, skip: int) -> tuple[dict[str, Any], bool]:

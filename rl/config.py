@@ -289,19 +289,6 @@ def resolve_rollout_numerics(args: "ImageGRPOConfig") -> None:
     args.vllm_importance_sampling_correction = correction == "true"
 
 
-def check_master_weights(args: "ImageGRPOConfig", dtype: str | None, use_peft: bool) -> None:
-    """Refuse bf16/fp16 trainable weights without an fp32 master copy (before anything loads)."""
-    if use_peft or args.deepspeed or args.allow_low_precision_weights:
-        return  # LoRA adapters are fp32 (PEFT upcasts them); DeepSpeed keeps fp32 masters
-    if str(dtype).lower() in ("bfloat16", "bf16", "float16", "fp16", "half"):
-        raise ValueError(
-            f"dtype: {dtype} would train the policy's weights in {dtype} with no fp32 master copy: AdamW updates at "
-            "lr ~1e-6 fall below bf16's resolution and round away (about 2% of the weights move). Load fp32 master "
-            "weights (dtype: float32) and compute in bf16 with bf16: true; or use LoRA (use_peft: true) or DeepSpeed; "
-            "allow_low_precision_weights: true accepts the loss"
-        )
-
-
 def bf16_available() -> bool:
     """Whether this machine can train in bf16 (an Ampere-or-newer CUDA GPU)."""
     return torch.cuda.is_available() and torch.cuda.is_bf16_supported()

@@ -15,7 +15,7 @@ from pathlib import Path
 from accelerate import PartialState
 from trl import ModelConfig, get_peft_config
 
-from policies.codecs import build_codec
+from policies.codecs import build_codec_for
 from policies.commands import command
 from policies.loading import Policy, load_policy, load_source
 from policies.sources import resolve_source
@@ -23,8 +23,9 @@ from policies.recipes import RecipeParser
 from policies.tiny import build_tiny_policy, caption_words
 from pretrain_sft.checkpoints import last_complete_checkpoint, prepare_output_dir
 
-from .config import ImageGRPOConfig, ScriptArguments, check_master_weights
+from .config import ImageGRPOConfig, ScriptArguments
 from .data import load_prompt_set
+from .precision import check_master_weights
 
 logger = logging.getLogger(__name__)
 TINY = "tiny"
@@ -52,17 +53,6 @@ def check_paths(script: ScriptArguments, model_args: ModelConfig) -> None:
             raise ValueError("codec: cosmos needs codec_path (a local Cosmos-1.0-Tokenizer-DV8x16x16 folder)")
         if not Path(script.codec_path).expanduser().is_dir():
             raise FileNotFoundError(f"codec_path {script.codec_path!r} is not a folder")
-
-
-def build_codec_for(script: ScriptArguments, device: str | None = None, model_path: str | None = None):
-    """The recipe's codec: ``cosmos`` from ``codec_path``, the weight-free ``palette``, or ``vqvae`` (the VQ-VAE
-    inside a Janus / Emu3 checkpoint: ``codec_path``, by default the policy folder)."""
-    if script.codec == "palette":
-        return build_codec("palette", levels=script.codec_levels, patch=script.codec_patch)
-    if script.codec == "vqvae" and model_path is not None and model_path != TINY:
-        model_path = resolve_source(model_path, base=script.base_model).model_folder  # an adapter's base holds the VQ-VAE
-    path = script.codec_path or (model_path if script.codec == "vqvae" else None)
-    return build_codec(script.codec, path=path, device=device, dtype=script.codec_dtype)
 
 
 def scoped_peft_config(model_args: ModelConfig, policy: Policy):
@@ -148,7 +138,9 @@ def build_trainer(script: ScriptArguments, args: ImageGRPOConfig, model_args: Mo
     )
     reward_suite = build_rewards(args.rewards, device=PartialState().device, aggregation=args.reward_aggregation)
     monitor_suite = build_rewards(args.monitor_rewards, device=PartialState().device) if args.monitor_rewards else None
-    codec = build_codec_for(script, model_path=model_args.model_name_or_path)
+    palette = {"levels": script.codec_levels, "patch": script.codec_patch} if script.codec == "palette" else {}
+    codec = build_codec_for(script.codec, script.codec_path, policy=model_args.model_name_or_path,
+                            base=script.base_model, dtype=script.codec_dtype, **palette)
     policy = build_policy(script, model_args, args.output_dir, codec, prompt_words(train, evaluation, monitor))
     policy.family.prepare_for_training(policy.model)
     return ImageGRPOTrainer(

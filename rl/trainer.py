@@ -35,13 +35,14 @@ from policies.rollout_weights import RolloutWeights
 from policies.sampler import sample_images
 from policies.sharding import fsdp2_rollout
 from policies.sources import write_policy_record
-from policies.static_sampler import COMPILE_STATS
+from policies.rollout import COMPILE_STATS
 from policies.scoring import guided_token_logprobs
 
 from .alerts import AlertCallback
 from .callbacks import MetricsFileCallback, RewardCurveCallback, RewardProgressCallback
 from .config import ImageGRPOConfig, run_recipe
 from .monitor import HeldOutMonitor, RolloutWatch
+from .precision import check_trainable_dtypes
 
 logger = logging.getLogger(__name__)
 
@@ -415,16 +416,3 @@ def disable_attention_dropout(model: torch.nn.Module | None) -> None:
     for module in model.modules() if model is not None else ():
         if isinstance(getattr(module, "attention_dropout", None), float):
             module.attention_dropout = 0.0
-
-
-def check_trainable_dtypes(model: torch.nn.Module, args: ImageGRPOConfig) -> None:
-    """Refuse trainable weights below fp32 without a master copy (e.g. a checkpoint loaded with ``dtype: auto``)."""
-    if args.deepspeed or args.allow_low_precision_weights:
-        return
-    low = sorted({str(p.dtype).removeprefix("torch.") for p in model.parameters() if p.requires_grad and p.dtype != torch.float32})
-    if low:
-        raise ValueError(
-            f"trainable weights are {', '.join(low)} with no fp32 master copy: AdamW updates at lr ~1e-6 round away. "
-            "Load them as fp32 (dtype: float32) and compute in bf16 with bf16: true, or set "
-            "allow_low_precision_weights: true to accept the loss"
-        )

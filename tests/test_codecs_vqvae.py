@@ -7,7 +7,7 @@ import torch
 from safetensors.torch import save_file
 from transformers import AutoModelForImageTextToText
 
-from policies.codecs import VQVAECodec, build_codec, build_recorded_codec, codec_record
+from policies.codecs import VQVAECodec, build_codec, build_codec_for, build_recorded_codec, codec_record
 from policies.tiny import tiny_qwen2_config
 from policies.tiny_families import save_tiny_emu3, save_tiny_janus
 
@@ -150,6 +150,17 @@ def test_record_round_trip(folders, family):
 def test_path_given_to_build_recorded_codec_overrides_the_recorded_one(folders):
     record = codec_record(build_codec("vqvae", path=folders["emu3"]))
     assert build_recorded_codec(record, path=folders["janus"]).model_type == "janus"
+
+
+def test_build_codec_for_decodes_with_the_policy_folder_unless_a_codec_path_is_given(folders):
+    """What grpo and extract-tokens build from their flags: a vqvae codec defaults to the policy's own VQ-VAE."""
+    assert build_codec_for("vqvae", policy=folders["janus"]).model_type == "janus"
+    assert build_codec_for("vqvae", folders["emu3"], policy=folders["janus"]).model_type == "emu3"
+    with pytest.raises(ValueError, match="codec_path is required when codec: vqvae"):
+        build_codec_for("vqvae")
+    assert build_codec_for("palette", policy=folders["janus"], levels=2, patch=4).codebook_size == 2**3
+    with pytest.raises(ValueError, match="palette is weight-free and takes no codec_path"):
+        build_codec_for("palette", folders["janus"])
 
 
 def test_sharded_checkpoint_and_legacy_vqmodel_prefix(folders, models, tmp_path):

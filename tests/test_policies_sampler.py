@@ -16,7 +16,8 @@ from torch.overrides import TorchFunctionMode
 
 from policies.guidance import SamplingConfig, sample_from_logprobs, sampling_logprobs
 from policies.heads import decoder_of
-from policies.sampler import row_uniforms, sample_images
+from policies.rollout import row_uniforms
+from policies.sampler import sample_images
 from policies.tiny import build_tiny_policy
 
 CAPTIONS = ["a red square", "two small blue circles in the upper left corner", "cat"]

@@ -16,7 +16,8 @@ from policies import static_sampler
 from policies.guidance import SamplingConfig
 from policies.heads import decoder_of
 from policies.sampler import resolve_backend, sample_images
-from policies.static_sampler import COMPILE_STATS, PROMPT_BLOCK, batch_bucket
+from policies.rollout import COMPILE_STATS
+from policies.static_sampler import PROMPT_BLOCK, batch_bucket
 from policies.tiny import build_tiny_policy
 
 LENGTHS = ["a red square", "two small blue circles in the upper left corner of the picture", "cat"]

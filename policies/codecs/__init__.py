@@ -12,6 +12,7 @@ from typing import Any, Callable
 
 import torch
 
+from ..sources import PolicySource, resolve_source
 from .base import VisualCodec, check_codec_matches
 from .cosmos import CosmosCodec
 from .fsq import FSQ
@@ -28,6 +29,7 @@ __all__ = [
     "build_recorded_codec",
     "codec_record",
     "build_codec",
+    "build_codec_for",
     "check_codec_matches",
 ]
 
@@ -83,6 +85,27 @@ def build_codec(
     if builder is None:
         raise ValueError(f"unknown codec {name!r}; known codecs: {', '.join(available_codecs())}")
     return builder(path, device, dtype, **kwargs)
+
+
+def build_codec_for(
+    name: str,
+    path: str | Path | None = None,
+    *,
+    policy: str | Path | PolicySource | None = None,
+    base: str | Path | None = None,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | str | None = None,
+    **options: Any,
+) -> VisualCodec:
+    """The codec a command's flags or a recipe name (``codec``, ``codec_path``, ``codec_dtype``, options).
+
+    A ``vqvae`` codec without a ``path`` decodes with the VQ-VAE inside the ``policy`` it serves: the policy
+    folder, or for a LoRA adapter its base (``base`` when it has moved), which holds the VQ-VAE. ``options``
+    go to the codec's constructor (the palette codec's ``levels`` and ``patch``).
+    """
+    if str(name).strip().lower() == "vqvae" and path is None and policy is not None:
+        path = (policy if isinstance(policy, PolicySource) else resolve_source(policy, base=base)).model_folder
+    return build_codec(name, path=path, device=device, dtype=dtype, **options)
 
 
 def codec_record(codec: VisualCodec) -> dict[str, Any]:
