@@ -7,7 +7,8 @@ which other rows share the batch.
 
 Two backends return the same samples: ``eager`` (this module: the readable reference loop over a
 growing cache) and ``compiled`` (:mod:`policies.static_sampler`: a static KV cache and one compiled
-fixed-shape decode step). Both draw each token with :func:`draw`.
+fixed-shape decode step). Both draw each token with :func:`draw_from_logits`: the eager loop calls it on the
+head's visual logits, the compiled step through :func:`draw` (the visual head matmul, then the same draw).
 """
 
 from __future__ import annotations

@@ -8,8 +8,8 @@ log-probs and entropies equal up to float rounding), built to keep a GPU busy:
   counter, the pre-drawn uniforms) and output (codes, log-probs, entropies) is a buffer allocated
   once; the decode step reads and writes them in place, so the loop allocates nothing, concatenates
   nothing and never waits for the device.
-- The decode step (a one-token decoder forward, then the :func:`policies.sampler.draw` the eager loop
-  uses) has fixed shapes and is compiled with ``torch.compile``; on CUDA with
+- The decode step (a one-token decoder forward, then :func:`policies.sampler.draw`: the visual head and the
+  ``draw_from_logits`` the eager loop calls) has fixed shapes and is compiled with ``torch.compile``; on CUDA with
   ``mode="reduce-overhead"``, so that it replays as a CUDA graph. The prefill and the first token run
   eagerly.
 - Batches are padded to a bucket of rows (:func:`batch_bucket`) and prompts to a multiple of

@@ -80,7 +80,8 @@ class ImageGRPOConfig(GRPOConfig):
         default="auto",
         metadata={
             "help": "guided: trainer log-probs of the guided distribution the sampler drew from (the same "
-            "distribution; equal log-probs up to rounding, ~1e-7 in fp32); conditional: TRL's conditional-branch log-probs (SimpleAR/T2I-R1 behaviour); "
+            "distribution; equal log-probs up to float rounding: in fp32 a gap of a few 1e-6 on average and a few 1e-5 "
+            "at most, logged as sampling/logprob_gap/mean|max); conditional: TRL's conditional-branch log-probs (SimpleAR/T2I-R1 behaviour); "
             "auto: guided when cfg_scale != 1, else conditional.",
             "choices": list(LOGPROB_MODES),
         },
