@@ -16,7 +16,7 @@ from accelerate import PartialState
 from trl import ModelConfig, get_peft_config
 
 from policies.codecs import build_codec
-from policies.commands import command
+from policies.commands import BadInput, command
 from policies.loading import Policy, load_policy, load_source
 from policies.sources import resolve_source
 from policies.recipes import RecipeParser
@@ -47,11 +47,27 @@ def check_paths(script: ScriptArguments, model_args: ModelConfig) -> None:
         value = getattr(script, key)
         if value and not Path(value).expanduser().exists():
             raise FileNotFoundError(f"{key} {value!r} does not exist")
+    check_lora_targets(model_args)
     if script.codec == "cosmos":
         if not script.codec_path:
             raise ValueError("codec: cosmos needs codec_path (a local Cosmos-1.0-Tokenizer-DV8x16x16 folder)")
         if not Path(script.codec_path).expanduser().is_dir():
             raise FileNotFoundError(f"codec_path {script.codec_path!r} is not a folder")
+
+
+def check_lora_targets(model_args: ModelConfig) -> None:
+    """Refuse a LoRA adapter on the LM head: image tokens are scored on the head's visual rows (the rollout sampler
+    and the guided scorer read its weight directly), so an adapter there would never act."""
+    if not model_args.use_peft:
+        return
+    targets = model_args.lora_target_modules or []
+    heads = [t for t in ([targets] if isinstance(targets, str) else targets) if t == "lm_head" or t.endswith(".lm_head")]
+    if heads:
+        raise BadInput(
+            f"lora_target_modules names the LM head ({', '.join(heads)}): image tokens are scored on the visual rows "
+            "of the head's own weight, so an adapter there would never act. Remove it from lora_target_modules "
+            "(e.g. q_proj v_proj)"
+        )
 
 
 def build_codec_for(script: ScriptArguments, device: str | None = None, model_path: str | None = None):
