@@ -12,10 +12,12 @@ import re
 import sys
 from pathlib import Path
 
+import torch
 from accelerate import PartialState
 from trl import ModelConfig, get_peft_config
 
 from policies.codecs import build_codec
+from policies.dtypes import resolve_dtype
 from policies.commands import BadInput, command
 from policies.loading import Policy, load_policy, load_source
 from policies.sources import resolve_source
@@ -70,15 +72,21 @@ def check_lora_targets(model_args: ModelConfig) -> None:
         )
 
 
+def codec_dtype(script: ScriptArguments, device: torch.device | str | None) -> torch.dtype:
+    """The dtype the codec runs in on ``device``: ``codec_dtype``, by default bf16 on CUDA and fp32 on a CPU."""
+    return resolve_dtype(script.codec_dtype, device)
+
+
 def build_codec_for(script: ScriptArguments, device: str | None = None, model_path: str | None = None):
     """The recipe's codec: ``cosmos`` from ``codec_path``, the weight-free ``palette``, or ``vqvae`` (the VQ-VAE
     inside a Janus / Emu3 checkpoint: ``codec_path``, by default the policy folder)."""
-    if script.codec == "palette":
-        return build_codec("palette", levels=script.codec_levels, patch=script.codec_patch)
+    dtype = codec_dtype(script, device)
+    if script.codec == "palette":  # weight-free: it follows its inputs (device and dtype are for the record)
+        return build_codec("palette", device=device, dtype=dtype, levels=script.codec_levels, patch=script.codec_patch)
     if script.codec == "vqvae" and model_path is not None and model_path != TINY:
         model_path = resolve_source(model_path, base=script.base_model).model_folder  # an adapter's base holds the VQ-VAE
     path = script.codec_path or (model_path if script.codec == "vqvae" else None)
-    return build_codec(script.codec, path=path, device=device, dtype=script.codec_dtype)
+    return build_codec(script.codec, path=path, device=device, dtype=dtype)
 
 
 def scoped_peft_config(model_args: ModelConfig, policy: Policy):
@@ -164,7 +172,8 @@ def build_trainer(script: ScriptArguments, args: ImageGRPOConfig, model_args: Mo
     )
     reward_suite = build_rewards(args.rewards, device=PartialState().device, aggregation=args.reward_aggregation)
     monitor_suite = build_rewards(args.monitor_rewards, device=PartialState().device) if args.monitor_rewards else None
-    codec = build_codec_for(script, model_path=model_args.model_name_or_path)
+    # Built where the trainer runs, in its own dtype (the trainer only checks that it sits on its device).
+    codec = build_codec_for(script, device=PartialState().device, model_path=model_args.model_name_or_path)
     policy = build_policy(script, model_args, args.output_dir, codec, prompt_words(train, evaluation, monitor))
     policy.family.prepare_for_training(policy.model)
     return ImageGRPOTrainer(

@@ -177,3 +177,27 @@ def test_masked_mode_zeroes_the_ratios_outside_the_bounds(tmp_path):
     )
     assert all(r["sampling/importance_sampling_ratio/min"] == 0.0 for r in records)
     assert all(r["sampling/importance_sampling_ratio/clipped_frac"] > 0 for r in records)
+
+
+# ------------------------------------------------------------------- codec
+def test_the_grpo_codec_is_built_on_the_trainers_device_in_its_documented_dtype(tmp_path, monkeypatch):
+    """The codec decodes every rollout: it is built where the trainer runs, in ``codec_dtype`` (default bf16 on
+    CUDA, fp32 on a CPU), not built on the CPU in fp32 and moved without a cast."""
+    import rl.grpo as grpo
+
+    built = {}
+    real = grpo.build_codec
+
+    def spy(name, path=None, device=None, dtype=None, **kwargs):
+        built.update(device=device, dtype=dtype)
+        return real(name, path=path, device=device, dtype=dtype, **kwargs)
+
+    monkeypatch.setattr(grpo, "build_codec", spy)
+    script, args, model_args = build_parser().parse_args_and_config(argv(tmp_path / "run", "--max_steps", "1"))
+    trainer = build_trainer(script, args, model_args)
+    assert torch.device(built["device"]) == trainer.accelerator.device and built["dtype"] == torch.float32
+    cuda = torch.device("cuda")
+    assert grpo.codec_dtype(script, cuda) == torch.bfloat16  # what a GPU run gets
+    assert grpo.codec_dtype(script, torch.device("cpu")) == torch.float32
+    script.codec_dtype = "float32"
+    assert grpo.codec_dtype(script, cuda) == torch.float32  # the recipe key wins
