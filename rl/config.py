@@ -65,8 +65,7 @@ class ScriptArguments:
         metadata={"help": "model_name_or_path is a LoRA run whose recorded base model has moved: the base's folder."},
     )
     tiny_hidden_size: int = field(default=128, metadata={"help": "model_name_or_path: tiny -> hidden size."})
-    tiny_num_layers: int = field(default=2, metadata={"help": "model_name_or_path: tiny -> layers."})
-    tiny_codebook_size: int = field(default=64, metadata={"help": "model_name_or_path: tiny -> codebook size."})
+    tiny_num_layers: int = field(default=2, metadata={"help": "model_name_or_path: tiny -> layers (its codebook is the codec's)."})
 
 
 @dataclass

@@ -118,3 +118,10 @@ def test_bf16_defaults_to_what_the_machine_supports(tmp_path):
 
     expected = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
     assert make(tmp_path).bf16 is expected
+
+
+def test_tiny_codebook_size_is_no_key_because_a_tiny_policys_codebook_is_its_codecs(tmp_path):
+    """The tiny policy takes its codebook from the codec (palette: levels**3); a key that did nothing is refused."""
+    path = write_recipe(tmp_path, tiny_codebook_size=32)
+    with pytest.raises(ValueError, match="tiny_codebook_size"):
+        build_parser().parse_args_and_config(["--config", str(path)])
