@@ -33,7 +33,7 @@ from policies.images import captioned_grid, save_png, to_unit
 from policies.loading import Policy
 from policies.rollout_weights import RolloutWeights
 from policies.sampler import sample_images
-from policies.sharding import fsdp2_rollout
+from policies.sharding import fsdp2_rollout, fsdp2_units
 from policies.sources import write_policy_record
 from policies.static_sampler import COMPILE_STATS
 from policies.scoring import guided_token_logprobs
@@ -138,6 +138,7 @@ class ImageGRPOTrainer(GRPOTrainer):
         self._last_rewards_per_func: torch.Tensor | None = None
         self._seed_calls: dict[tuple, int] = defaultdict(int)
         self._last_sample_step = -1
+        self._units_logged = False
         self.remove_callback(ProgressCallback)
         self.add_callback(RewardProgressCallback())
         self.add_callback(MetricsFileCallback(args.output_dir))
@@ -194,6 +195,11 @@ class ImageGRPOTrainer(GRPOTrainer):
     def sample_grids(self, prompt_ids: list[list[int]], seeds: list[int]):
         """CFG-sample code grids for ``prompt_ids`` at ``seeds`` with the current policy and decode them:
         ``(rollout, images in [0, 1])``. Changes no trainer state (rollouts and the held-out monitor use it)."""
+        if not self._units_logged:  # FSDP2 wraps the model when training starts: say what it sharded, once
+            self._units_logged = True
+            units = fsdp2_units(self.model_wrapped)
+            if units and self.accelerator.is_main_process:
+                logger.info("FSDP2 units: %s", ", ".join(f"{name} x{n}" for name, n in sorted(units.items())))
         with (
             unwrap_model_for_generation(
                 self.model_wrapped,
