@@ -106,7 +106,9 @@ class ImageGRPOConfig(GRPOConfig):
     reward_aggregation: str = field(
         default="sum",
         metadata={"help": "sum: weighted sum then group-normalise; normalize_then_sum: normalise each reward per "
-                  "group first.", "choices": ["sum", "normalize_then_sum"]},
+                  "group first. The logged `reward` is always what the advantages came from (under normalize_then_sum "
+                  "its mean is ~0); normalize_then_sum also logs the weighted sum of the raw rewards as "
+                  "reward_weighted_sum.", "choices": ["sum", "normalize_then_sum"]},
     )
     reward_on_error: str = field(
         default="fail",

@@ -270,6 +270,8 @@ class ImageGRPOTrainer(GRPOTrainer):
         if self._sampler_correction:
             self._log_clipped_fraction(output)
         self._rollout_global_step = self.state.global_step
+        if self.reward_suite.aggregation != "sum":
+            self._log_trained_reward()
         if self.model.training:
             self._record_rollout(rollout, output["advantages"])
             self.rollout_watch.log(self, rollout, inputs)
@@ -294,16 +296,43 @@ class ImageGRPOTrainer(GRPOTrainer):
         fraction = (gathered[:, 0].sum() / gathered[:, 1].sum().clamp(min=1)).item()
         self._metrics[mode]["sampling/importance_sampling_ratio/clipped_frac"].append(fraction)
 
-    def _local_rewards(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """This rank's rows of the gathered per-reward matrix and their weighted totals."""
+    def _trained_and_raw_rewards(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per row of the gathered batch: the reward TRL took the advantages from, and the weighted sum of the raw
+        rewards. They are the same under ``reward_aggregation: sum``; under ``normalize_then_sum`` the first is the
+        weighted sum of each reward normalised within its group (:meth:`rewards.RewardSuite.combine`, TRL's maths)."""
+        per_func = self._last_rewards_per_func.float().cpu()
+        raw = (per_func * torch.tensor(self.args.reward_weights, dtype=torch.float32)).nansum(dim=1)
+        if self.reward_suite.aggregation == "sum":
+            return raw, raw
+        group = self.num_generations if self.model.training else self.num_generations_eval
+        columns = {name: per_func[:, j] for j, name in enumerate(self.reward_suite.names)}
+        return self.reward_suite.combine(columns, group_size=group), raw
+
+    def _log_trained_reward(self) -> None:
+        """TRL logs ``reward`` as the weighted sum of the raw rewards whatever the aggregation. Under
+        ``normalize_then_sum`` that is not what it trained on: ``reward``/``reward_std`` become the trained-on reward
+        (each reward normalised within its group, then weighted and summed: its mean is ~0 by construction) and the
+        raw weighted sum moves to ``reward_weighted_sum``/``reward_weighted_sum_std`` (the curve to watch rise)."""
+        from trl.trainer.utils import nanstd
+
+        metrics = self._metrics["train" if self.model.training else "eval"]
+        trained, _ = self._trained_and_raw_rewards()
+        metrics["reward_weighted_sum"].append(metrics["reward"][-1])
+        metrics["reward_weighted_sum_std"].append(metrics["reward_std"][-1])
+        metrics["reward"][-1] = torch.nanmean(trained).item()
+        metrics["reward_std"][-1] = nanstd(trained).item()
+
+    def _local_rewards(self, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """This rank's rows of the gathered per-reward matrix, their trained-on rewards and raw weighted sums."""
         start = self.accelerator.process_index * n
-        per_func = self._last_rewards_per_func[start : start + n].float().cpu()
-        weights = torch.tensor(self.args.reward_weights, dtype=torch.float32)
-        return per_func, (per_func * weights).nansum(dim=1)
+        trained, raw = self._trained_and_raw_rewards()
+        rows = slice(start, start + n)
+        return self._last_rewards_per_func[rows].float().cpu(), trained[rows], raw[rows]
 
     def _record_rollout(self, rollout: dict, advantages: torch.Tensor) -> None:
         n = len(rollout["prompts"])
-        per_func, totals = self._local_rewards(n)
+        per_func, totals, raw = self._local_rewards(n)
+        normalised = self.reward_suite.aggregation != "sum"
         step = self.state.global_step
         if self.args.log_rollouts:
             path = Path(self.args.output_dir) / "rollouts" / f"rank{self.accelerator.process_index}.jsonl"
@@ -317,7 +346,8 @@ class ImageGRPOTrainer(GRPOTrainer):
                         "prompt": rollout["prompts"][i],
                         "seed": rollout["seeds"][i],
                         "rewards": {name: float(per_func[i, j]) for j, name in enumerate(self.reward_func_names)},
-                        "reward": float(totals[i]),
+                        "reward": float(totals[i]),  # what the advantage came from
+                        **({"reward_weighted_sum": float(raw[i])} if normalised else {}),
                         "advantage": float(advantages[i]),
                     }
                     f.write(json.dumps(record) + "\n")
@@ -325,7 +355,9 @@ class ImageGRPOTrainer(GRPOTrainer):
         if every > 0 and step % every == 0 and step != self._last_sample_step and self.accelerator.is_main_process:
             self._last_sample_step = step
             k = min(n, self.args.samples_per_grid)
-            captions = [f"{p} | r={float(r):.3f}" for p, r in zip(rollout["prompts"][:k], totals[:k])]
+            # r: the reward trained on; under normalize_then_sum also the weighted sum of the raw rewards
+            captions = [f"{p} | r={float(r):.3f}" + (f" raw={float(s):.3f}" if normalised else "")
+                        for p, r, s in zip(rollout["prompts"][:k], totals[:k], raw[:k])]
             grid = captioned_grid(rollout["images"][:k].cpu(), captions)
             path = save_png(grid, Path(self.args.output_dir) / "samples" / f"step_{step}.png")
             self._log_image_to_wandb(path, step)
