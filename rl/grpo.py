@@ -10,7 +10,9 @@ import logging
 import os
 import re
 import sys
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import torch
 from accelerate import PartialState
@@ -25,7 +27,7 @@ from policies.recipes import RecipeParser
 from policies.tiny import build_tiny_policy, caption_words
 from pretrain_sft.checkpoints import last_complete_checkpoint, prepare_output_dir
 
-from .config import ImageGRPOConfig, ScriptArguments, check_master_weights
+from .config import PARSER_TYPES, ImageGRPOConfig, ScriptArguments, check_master_weights
 from .data import load_prompt_set
 
 logger = logging.getLogger(__name__)
@@ -34,7 +36,11 @@ TINY = "tiny"
 
 def build_parser() -> RecipeParser:
     """The recipe parser: one flat YAML mixing script, GRPO and model keys."""
-    return RecipeParser((ScriptArguments, ImageGRPOConfig, ModelConfig), command="grpo")
+    parser = RecipeParser((ScriptArguments, ImageGRPOConfig, ModelConfig), command="grpo")
+    for action in parser._actions:  # argparse reads these keys as recipe text, not as their field types
+        if action.dest in PARSER_TYPES:
+            action.type = PARSER_TYPES[action.dest]
+    return parser
 
 
 def check_paths(script: ScriptArguments, model_args: ModelConfig) -> None:
@@ -152,10 +158,6 @@ def build_trainer(script: ScriptArguments, args: ImageGRPOConfig, model_args: Mo
     check_master_weights(args, model_args.dtype, model_args.use_peft)
     if not args.rewards:
         raise ValueError("the recipe names no rewards: add `rewards: [{name: ..., weight: ...}]`")
-    if args.report_to and "wandb" in args.report_to:
-        os.environ.setdefault("WANDB_DIR", args.output_dir)
-        os.environ.setdefault("WANDB_PROJECT", "simplear-rl")
-        Path(args.output_dir).mkdir(parents=True, exist_ok=True)
     train = load_prompt_set(
         script.train_prompts, script.prompt_length, script.prompt_column, script.long_prompt_column,
         seed=args.seed, limit=script.max_train_prompts,
@@ -190,6 +192,24 @@ def build_trainer(script: ScriptArguments, args: ImageGRPOConfig, model_args: Mo
     )
 
 
+@contextmanager
+def wandb_environment(args: ImageGRPOConfig) -> Iterator[None]:
+    """While training only: ``WANDB_DIR`` = the run folder and ``WANDB_PROJECT`` = simplear-rl, unless already set
+    (transformers' WandbCallback reads them when it starts the wandb run). Later runs in this process see the
+    environment as it was."""
+    if not (args.report_to and "wandb" in args.report_to):
+        yield
+        return
+    Path(args.output_dir).mkdir(parents=True, exist_ok=True)
+    added = {k: v for k, v in (("WANDB_DIR", args.output_dir), ("WANDB_PROJECT", "simplear-rl")) if k not in os.environ}
+    os.environ.update(added)
+    try:
+        yield
+    finally:
+        for key in added:
+            os.environ.pop(key, None)
+
+
 def finish_wandb(args: ImageGRPOConfig) -> None:
     """Close the wandb run so offline run folders are complete when ``run`` returns."""
     if args.report_to and "wandb" in args.report_to:
@@ -208,7 +228,8 @@ def train_and_save(trainer, args: ImageGRPOConfig, resume: str | None):
     from rewards.errors import RewardScoreError
 
     try:
-        trainer.train(resume_from_checkpoint=resume)
+        with wandb_environment(args):
+            trainer.train(resume_from_checkpoint=resume)
     except RewardScoreError as err:
         last = last_complete_checkpoint(args.output_dir)
         where = (

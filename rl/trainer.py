@@ -96,9 +96,7 @@ class ImageGRPOTrainer(GRPOTrainer):
         # The policy as trained here (recipe templates applied): prompt encoding goes through it.
         self.policy = Policy(model=policy.model, tokenizer=policy.tokenizer, vocab=vocab, family=policy.family)
         self.reward_suite = rewards
-        self.sampling = args.sampling_config()
-        #: What rollouts sample with; the same as :attr:`sampling` (which scoring uses) unless a test changes it.
-        self.rollout_sampling = self.sampling
+        self.sampling = args.sampling_config()  # what rollouts sample with and guided scoring scores
         if args.logprob_mode == "conditional" and self.sampling.truncates(vocab.codebook_size):
             logger.warning(
                 "logprob_mode=conditional scores without top-k/top-p truncation while rollouts truncate; "
@@ -214,7 +212,7 @@ class ImageGRPOTrainer(GRPOTrainer):
             with self._rollout_autocast():
                 model = self._rollout_weights.model_for(unwrapped, self.args.rollout_backend)  # or its bf16 snapshot
                 rollout = sample_images(
-                    model, self.vocab, prompt_ids, self.policy.uncond_prompts(prompt_ids), self.rollout_sampling, seeds,
+                    model, self.vocab, prompt_ids, self.policy.uncond_prompts(prompt_ids), self.sampling, seeds,
                     pad_id=self._pad_id, fp32_head=self.args.fp32_visual_head, backend=self.args.rollout_backend,
                 )
             images = to_unit(self.codec.decode(rollout.codes))

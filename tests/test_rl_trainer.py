@@ -113,6 +113,7 @@ def test_wandb_offline_run_folder_holds_the_metrics_and_sample_grids(tmp_path, m
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
     monkeypatch.delenv("WANDB_DIR", raising=False)
+    monkeypatch.delenv("WANDB_PROJECT", raising=False)
     run_tiny(tmp_path, "--max_steps", "2", "--report_to", "wandb", "--sample_every", "1")
     runs = list((tmp_path / "wandb").glob("offline-run-*"))
     assert len(runs) == 1
@@ -120,7 +121,7 @@ def test_wandb_offline_run_folder_holds_the_metrics_and_sample_grids(tmp_path, m
     data = wandb_file.read_bytes()
     assert b"rewards/color_region/mean" in data and b"sampling/logprob_gap/mean" in data
     assert list(runs[0].glob("files/media/images/samples_*.png")), "sample grids were not logged to wandb"
-    os.environ.pop("WANDB_DIR", None)
+    assert "WANDB_DIR" not in os.environ and "WANDB_PROJECT" not in os.environ  # nothing leaks into later runs
 
 
 def test_normalize_then_sum_logs_the_reward_trl_trained_on_and_the_raw_weighted_sum_beside_it(tmp_path):
