@@ -268,10 +268,7 @@ def main(argv: list[str] | None = None) -> int:
     exit with status 2, failures while training with 1; each is one line (see :mod:`policies.commands`).
     """
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    script, args, model_args = build_parser().parse_args_and_config(argv)
-    resume = prepare_output_dir(args)  # newest complete checkpoint; refuses to write over an earlier run
-    trainer = build_trainer(script, args, model_args)
-    train_and_save(trainer, args, resume)
+    run(*build_parser().parse_args_and_config(argv))
     return 0
 
 
