@@ -49,6 +49,18 @@ def _fsdp_modules(model: nn.Module) -> list[nn.Module]:
     return [m for m in model.modules() if isinstance(m, FSDPModule)]
 
 
+def fsdp2_units(model: nn.Module) -> dict[str, int]:
+    """How many FSDP2 units of each module class ``model`` holds (``fully_shard`` subclasses each sharded module;
+    the name is that of the module's own class), e.g. ``{"LlamaDecoderLayer": 24, "JanusForConditionalGeneration": 1}``."""
+    from torch.distributed.fsdp import FSDPModule
+
+    counts: dict[str, int] = {}
+    for module in _fsdp_modules(model):
+        name = next(c.__name__ for c in type(module).__mro__ if not issubclass(c, FSDPModule))
+        counts[name] = counts.get(name, 0) + 1
+    return counts
+
+
 def is_fsdp2(model: nn.Module) -> bool:
     """Whether ``model`` (or a submodule) is sharded with FSDP2's ``fully_shard``."""
     return bool(_fsdp_modules(model))

@@ -131,7 +131,9 @@ def _fall(records: list[dict], key: str, step: int, window: int, fraction: float
 
 # ------------------------------------------------------------------------------- rules
 def reward_divergence(records: list[dict], step: int, p: dict) -> list[Alert]:
-    trained = _halves_change(_window(records, "reward", step, p["window"]))
+    # Under normalize_then_sum `reward` is group-normalised (mean ~0): the raw weighted sum is what rises.
+    trained_key = "reward_weighted_sum" if any("reward_weighted_sum" in r for r in records) else "reward"
+    trained = _halves_change(_window(records, trained_key, step, p["window"]))
     if trained is None or trained[2] <= p["rise"]:
         return []
     watched = sorted({k for r in records for k in r if k.startswith(("monitor/", "heldout/")) and k.endswith("/mean")})
@@ -141,7 +143,7 @@ def reward_divergence(records: list[dict], step: int, p: dict) -> list[Alert]:
         if change is not None and change[2] < -p["drop"]:
             alerts.append(Alert(
                 "reward_divergence", step, key,
-                f"reward rose {100 * trained[2]:+.1f}% ({trained[0]:.4g} -> {trained[1]:.4g}) while {key} fell "
+                f"{trained_key} rose {100 * trained[2]:+.1f}% ({trained[0]:.4g} -> {trained[1]:.4g}) while {key} fell "
                 f"{100 * change[2]:+.1f}% ({change[0]:.4g} -> {change[1]:.4g}) over steps {max(0, step - int(p['window']))}-{step}"
                 f" (limits: rise > {100 * p['rise']:.0f}%, fall > {100 * p['drop']:.0f}%)",
                 {"reward_change": trained[2], "watched_change": change[2], "watched_start": change[0], "watched_now": change[1]},

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import torch
 import yaml
+from transformers.hf_argparser import string_to_bool
 from trl import GRPOConfig
 
 from policies.guidance import SamplingConfig
@@ -25,7 +26,7 @@ from .alerts import resolve_rules
 
 LOGPROB_MODES = ("auto", "guided", "conditional")
 ROLLOUT_PRECISIONS = ("auto", "float32", "bfloat16")
-SWITCHES = ("auto", "true", "false")
+IMPORTANCE_SAMPLING_MODES = ("token_truncate", "token_mask", "sequence_truncate", "sequence_mask")
 PROMPT_LENGTHS = ("short", "long", "mix")
 
 
@@ -65,8 +66,7 @@ class ScriptArguments:
         metadata={"help": "model_name_or_path is a LoRA run whose recorded base model has moved: the base's folder."},
     )
     tiny_hidden_size: int = field(default=128, metadata={"help": "model_name_or_path: tiny -> hidden size."})
-    tiny_num_layers: int = field(default=2, metadata={"help": "model_name_or_path: tiny -> layers."})
-    tiny_codebook_size: int = field(default=64, metadata={"help": "model_name_or_path: tiny -> codebook size."})
+    tiny_num_layers: int = field(default=2, metadata={"help": "model_name_or_path: tiny -> layers (its codebook is the codec's)."})
 
 
 @dataclass
@@ -80,7 +80,8 @@ class ImageGRPOConfig(GRPOConfig):
         default="auto",
         metadata={
             "help": "guided: trainer log-probs of the guided distribution the sampler drew from (the same "
-            "distribution; equal log-probs up to rounding, ~1e-7 in fp32); conditional: TRL's conditional-branch log-probs (SimpleAR/T2I-R1 behaviour); "
+            "distribution; equal log-probs up to float rounding: in fp32 a gap of a few 1e-6 on average and a few 1e-5 "
+            "at most, logged as sampling/logprob_gap/mean|max); conditional: TRL's conditional-branch log-probs (SimpleAR/T2I-R1 behaviour); "
             "auto: guided when cfg_scale != 1, else conditional.",
             "choices": list(LOGPROB_MODES),
         },
@@ -96,7 +97,7 @@ class ImageGRPOConfig(GRPOConfig):
     logprob_chunk_size: int = field(
         default=256, metadata={"help": "Completion positions per chunk when scoring over the visual slice."}
     )
-    rewards: list[str] | None = field(
+    rewards: list[dict[str, Any]] | None = field(
         default=None,
         metadata={
             "help": "Reward specs. In YAML a list of mappings ({name, weight, ...kwargs}); on the command line "
@@ -106,7 +107,9 @@ class ImageGRPOConfig(GRPOConfig):
     reward_aggregation: str = field(
         default="sum",
         metadata={"help": "sum: weighted sum then group-normalise; normalize_then_sum: normalise each reward per "
-                  "group first.", "choices": ["sum", "normalize_then_sum"]},
+                  "group first. The logged `reward` is always what the advantages came from (under normalize_then_sum "
+                  "its mean is ~0); normalize_then_sum also logs the weighted sum of the raw rewards as "
+                  "reward_weighted_sum.", "choices": ["sum", "normalize_then_sum"]},
     )
     reward_on_error: str = field(
         default="fail",
@@ -146,16 +149,28 @@ class ImageGRPOConfig(GRPOConfig):
             "choices": list(ROLLOUT_WEIGHTS),
         },
     )
-    importance_sampling_correction: str = field(
-        default="auto",
+    importance_sampling_correction: bool | None = field(
+        default=None,
         metadata={
-            "help": "Correct the rollouts for the sampler-trainer mismatch with TRL's truncated/masked importance "
-            "sampling (its vllm_importance_sampling_mode / _clip_max / _clip_min keys apply): the sampler's "
-            "per-token log-probs are the sampling log-probs. auto: on when rollouts run in another precision than "
-            "float32 (logprob_mode: guided); false: off. Not available with logprob_mode: conditional, which scores "
-            "another distribution than the sampled one by design.",
-            "choices": list(SWITCHES),
+            "help": "true | false | auto (unset). Correct the rollouts for the sampler-trainer mismatch with TRL's "
+            "truncated/masked importance sampling (importance_sampling_mode / _clip_max / _clip_min apply): the "
+            "sampler's per-token log-probs are the sampling log-probs. auto: on when rollouts run in another "
+            "precision than float32 (logprob_mode: guided). Not available with logprob_mode: conditional, which "
+            "scores another distribution than the sampled one by design. A bool once the config is built.",
         },
+    )
+    # Our names for TRL's vllm_importance_sampling_* keys (TRL runs that correction for vLLM rollouts; here it runs
+    # for the CFG sampler's). Either spelling works; an alias that is set wins over the default of its TRL key.
+    importance_sampling_mode: str | None = field(
+        default=None,
+        metadata={"help": "Alias of vllm_importance_sampling_mode: token_truncate (default here) | token_mask | "
+                  "sequence_truncate | sequence_mask."},
+    )
+    importance_sampling_clip_max: float | None = field(
+        default=None, metadata={"help": "Alias of vllm_importance_sampling_clip_max (default here 2.0)."}
+    )
+    importance_sampling_clip_min: float | None = field(
+        default=None, metadata={"help": "Alias of vllm_importance_sampling_clip_min (default: none)."}
     )
     # TRL's defaults suit short texts: a sequence-level mask over 4,096 image tokens masks almost every
     # row, since per-token differences add up. Truncated token-level ratios (TIS, C=2) are the default.
@@ -188,7 +203,7 @@ class ImageGRPOConfig(GRPOConfig):
         default=0.8, metadata={"help": "EMA factor of the smoothed line in reward_curve.png."}
     )
     overwrite_output_dir: bool = field(default=False, metadata={"help": OVERWRITE_HELP})
-    monitor_rewards: list[str] | None = field(
+    monitor_rewards: list[dict[str, Any]] | None = field(
         default=None,
         metadata={"help": "Rewards scored and logged (monitor/<name>/mean|std) but never optimised: weight 0 in the "
                   "advantage. Same spec syntax as `rewards`."},
@@ -232,6 +247,7 @@ class ImageGRPOConfig(GRPOConfig):
     )
 
     def __post_init__(self) -> None:
+        apply_importance_sampling_aliases(self)
         self.rewards = normalise_reward_specs(self.rewards)
         self.monitor_rewards = normalise_reward_specs(self.monitor_rewards)
         resolve_rules(self.alerts)  # refuses unknown rules and parameters up front
@@ -259,13 +275,48 @@ class ImageGRPOConfig(GRPOConfig):
         )
 
 
+def parse_switch(value: Any) -> bool | None:
+    """``true``/``false`` (and the other spellings transformers accepts) -> bool; ``auto``/None -> None."""
+    if value is None or isinstance(value, bool):
+        return value
+    if str(value).strip().lower() == "auto":
+        return None
+    try:
+        return string_to_bool(str(value).strip().lower())
+    except Exception:
+        raise ValueError(f"expected true, false or auto, got {value!r}") from None
+
+
+#: Recipe keys whose command-line (and YAML string) values the parser reads differently from their field type:
+#: reward specs are strings there (``name:weight`` or YAML), the switch takes ``auto`` besides true/false.
+PARSER_TYPES = {"rewards": str, "monitor_rewards": str, "importance_sampling_correction": parse_switch}
+
+
+def apply_importance_sampling_aliases(args: "ImageGRPOConfig") -> None:
+    """``importance_sampling_mode`` / ``_clip_max`` / ``_clip_min`` set TRL's ``vllm_importance_sampling_*`` keys."""
+    defaults = {f.name: f.default for f in fields(args)}
+    for alias in ("importance_sampling_mode", "importance_sampling_clip_max", "importance_sampling_clip_min"):
+        value, trl_key = getattr(args, alias), f"vllm_{alias}"
+        if value is None:
+            continue
+        if getattr(args, trl_key) not in (defaults[trl_key], value):
+            raise ValueError(f"{alias}: {value} and {trl_key}: {getattr(args, trl_key)} disagree; set one of them")
+        setattr(args, trl_key, value)
+    if args.vllm_importance_sampling_mode not in IMPORTANCE_SAMPLING_MODES:
+        raise ValueError(f"importance_sampling_mode must be one of {', '.join(IMPORTANCE_SAMPLING_MODES)}, "
+                         f"got {args.vllm_importance_sampling_mode!r}")
+
+
 def resolve_rollout_numerics(args: "ImageGRPOConfig") -> None:
     """Settle ``rollout_precision`` and whether TRL's importance-sampling correction runs (``auto`` values)."""
-    for key, choices in (("rollout_precision", ROLLOUT_PRECISIONS), ("importance_sampling_correction", SWITCHES)):
-        value = str(getattr(args, key)).lower()
-        if value not in choices:
-            raise ValueError(f"{key} must be one of {', '.join(choices)}, got {getattr(args, key)!r}")
-        setattr(args, key, value)
+    value = str(args.rollout_precision).lower()
+    if value not in ROLLOUT_PRECISIONS:
+        raise ValueError(f"rollout_precision must be one of {', '.join(ROLLOUT_PRECISIONS)}, got {args.rollout_precision!r}")
+    args.rollout_precision = value
+    try:
+        args.importance_sampling_correction = parse_switch(args.importance_sampling_correction)
+    except ValueError as err:
+        raise ValueError(f"importance_sampling_correction: {err}") from None
     if args.rollout_precision == "auto":
         args.rollout_precision = "bfloat16" if args.bf16 else "float32"
     if args.rollout_precision == "bfloat16" and not args.bf16:
@@ -276,17 +327,17 @@ def resolve_rollout_numerics(args: "ImageGRPOConfig") -> None:
         raise ValueError("rollout_weights: snapshot needs bf16 rollouts (bf16: true, rollout_precision: bfloat16 or "
                          "auto); float32 rollouts read the weights as they are: use rollout_weights: autocast or auto")
     correction = args.importance_sampling_correction
-    if correction == "true" and args.logprob_mode != "guided":
+    if correction and args.logprob_mode != "guided":
         raise ValueError(
             "importance_sampling_correction: true needs logprob_mode: guided. In conditional mode the trainer scores "
             "the conditional branch over the whole vocabulary, not the distribution the sampler drew from, so the "
             "ratio would correct the method, not the numerics"
         )
-    if correction == "auto":
-        correction = "true" if args.logprob_mode == "guided" and args.rollout_precision != "float32" else "false"
+    if correction is None:  # auto
+        correction = args.logprob_mode == "guided" and args.rollout_precision != "float32"
     args.importance_sampling_correction = correction
     # TRL reads its own flag; its correction code runs for our sampler's log-probs (see rl/trainer.py).
-    args.vllm_importance_sampling_correction = correction == "true"
+    args.vllm_importance_sampling_correction = correction
 
 
 def bf16_available() -> bool:
@@ -344,8 +395,6 @@ def refuse_unworkable(args: ImageGRPOConfig) -> None:
         )
     if args.min_p is not None:
         raise ValueError("min_p is not supported by the image sampler; use top_k / top_p")
-    if args.logprob_mode not in ("guided", "conditional"):
-        raise ValueError(f"logprob_mode must be guided or conditional after resolution, got {args.logprob_mode!r}")
     if args.rollout_backend not in ROLLOUT_BACKENDS:
         raise ValueError(f"rollout_backend must be one of {', '.join(ROLLOUT_BACKENDS)}, got {args.rollout_backend!r}")
     if args.logprob_chunk_size < 1:

@@ -89,6 +89,9 @@ def plot_reward_curve(records: list[dict], out: str | Path, smoothing: float = 0
     steps, values = series(records, "reward")
     if steps:
         plot_smoothed(ax, steps, values, "reward (total)", smoothing)
+    steps, values = series(records, "reward_weighted_sum")  # normalize_then_sum: `reward` is the normalised one
+    if steps:
+        plot_smoothed(ax, steps, values, "weighted sum of raw rewards", smoothing)
     ax.set(xlabel="step", ylabel="reward", title=title or "total reward")
     ax.grid(alpha=0.3)
     ax.legend(loc="best")

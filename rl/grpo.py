@@ -10,20 +10,24 @@ import logging
 import os
 import re
 import sys
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
+import torch
 from accelerate import PartialState
 from trl import ModelConfig, get_peft_config
 
 from policies.codecs import build_codec_for
-from policies.commands import command
+from policies.commands import BadInput, command
+from policies.dtypes import resolve_dtype
 from policies.loading import Policy, load_policy, load_source
 from policies.sources import resolve_source
 from policies.recipes import RecipeParser
 from policies.tiny import build_tiny_policy, caption_words
 from pretrain_sft.checkpoints import last_complete_checkpoint, prepare_output_dir
 
-from .config import ImageGRPOConfig, ScriptArguments
+from .config import PARSER_TYPES, ImageGRPOConfig, ScriptArguments
 from .data import load_prompt_set
 from .precision import check_master_weights
 
@@ -33,7 +37,11 @@ TINY = "tiny"
 
 def build_parser() -> RecipeParser:
     """The recipe parser: one flat YAML mixing script, GRPO and model keys."""
-    return RecipeParser((ScriptArguments, ImageGRPOConfig, ModelConfig), command="grpo")
+    parser = RecipeParser((ScriptArguments, ImageGRPOConfig, ModelConfig), command="grpo")
+    for action in parser._actions:  # argparse reads these keys as recipe text, not as their field types
+        if action.dest in PARSER_TYPES:
+            action.type = PARSER_TYPES[action.dest]
+    return parser
 
 
 def check_paths(script: ScriptArguments, model_args: ModelConfig) -> None:
@@ -48,11 +56,32 @@ def check_paths(script: ScriptArguments, model_args: ModelConfig) -> None:
         value = getattr(script, key)
         if value and not Path(value).expanduser().exists():
             raise FileNotFoundError(f"{key} {value!r} does not exist")
+    check_lora_targets(model_args)
     if script.codec == "cosmos":
         if not script.codec_path:
             raise ValueError("codec: cosmos needs codec_path (a local Cosmos-1.0-Tokenizer-DV8x16x16 folder)")
         if not Path(script.codec_path).expanduser().is_dir():
             raise FileNotFoundError(f"codec_path {script.codec_path!r} is not a folder")
+
+
+def check_lora_targets(model_args: ModelConfig) -> None:
+    """Refuse a LoRA adapter on the LM head: image tokens are scored on the head's visual rows (the rollout sampler
+    and the guided scorer read its weight directly), so an adapter there would never act."""
+    if not model_args.use_peft:
+        return
+    targets = model_args.lora_target_modules or []
+    heads = [t for t in ([targets] if isinstance(targets, str) else targets) if t == "lm_head" or t.endswith(".lm_head")]
+    if heads:
+        raise BadInput(
+            f"lora_target_modules names the LM head ({', '.join(heads)}): image tokens are scored on the visual rows "
+            "of the head's own weight, so an adapter there would never act. Remove it from lora_target_modules "
+            "(e.g. q_proj v_proj)"
+        )
+
+
+def codec_dtype(script: ScriptArguments, device: torch.device | str | None) -> torch.dtype:
+    """The dtype the codec runs in on ``device``: ``codec_dtype``, by default bf16 on CUDA and fp32 on a CPU."""
+    return resolve_dtype(script.codec_dtype, device)
 
 
 def scoped_peft_config(model_args: ModelConfig, policy: Policy):
@@ -118,10 +147,6 @@ def build_trainer(script: ScriptArguments, args: ImageGRPOConfig, model_args: Mo
     check_master_weights(args, model_args.dtype, model_args.use_peft)
     if not args.rewards:
         raise ValueError("the recipe names no rewards: add `rewards: [{name: ..., weight: ...}]`")
-    if args.report_to and "wandb" in args.report_to:
-        os.environ.setdefault("WANDB_DIR", args.output_dir)
-        os.environ.setdefault("WANDB_PROJECT", "simplear-rl")
-        Path(args.output_dir).mkdir(parents=True, exist_ok=True)
     train = load_prompt_set(
         script.train_prompts, script.prompt_length, script.prompt_column, script.long_prompt_column,
         seed=args.seed, limit=script.max_train_prompts,
@@ -139,8 +164,10 @@ def build_trainer(script: ScriptArguments, args: ImageGRPOConfig, model_args: Mo
     reward_suite = build_rewards(args.rewards, device=PartialState().device, aggregation=args.reward_aggregation)
     monitor_suite = build_rewards(args.monitor_rewards, device=PartialState().device) if args.monitor_rewards else None
     palette = {"levels": script.codec_levels, "patch": script.codec_patch} if script.codec == "palette" else {}
-    codec = build_codec_for(script.codec, script.codec_path, policy=model_args.model_name_or_path,
-                            base=script.base_model, dtype=script.codec_dtype, **palette)
+    # Built where the trainer runs, in its own dtype (the trainer only checks that it sits on its device).
+    device = PartialState().device
+    codec = build_codec_for(script.codec, script.codec_path, policy=model_args.model_name_or_path, base=script.base_model,
+                            device=device, dtype=codec_dtype(script, device), **palette)
     policy = build_policy(script, model_args, args.output_dir, codec, prompt_words(train, evaluation, monitor))
     policy.family.prepare_for_training(policy.model)
     return ImageGRPOTrainer(
@@ -155,6 +182,24 @@ def build_trainer(script: ScriptArguments, args: ImageGRPOConfig, model_args: Mo
         monitor_rewards=monitor_suite,
         monitor_prompts=monitor,
     )
+
+
+@contextmanager
+def wandb_environment(args: ImageGRPOConfig) -> Iterator[None]:
+    """While training only: ``WANDB_DIR`` = the run folder and ``WANDB_PROJECT`` = simplear-rl, unless already set
+    (transformers' WandbCallback reads them when it starts the wandb run). Later runs in this process see the
+    environment as it was."""
+    if not (args.report_to and "wandb" in args.report_to):
+        yield
+        return
+    Path(args.output_dir).mkdir(parents=True, exist_ok=True)
+    added = {k: v for k, v in (("WANDB_DIR", args.output_dir), ("WANDB_PROJECT", "simplear-rl")) if k not in os.environ}
+    os.environ.update(added)
+    try:
+        yield
+    finally:
+        for key in added:
+            os.environ.pop(key, None)
 
 
 def finish_wandb(args: ImageGRPOConfig) -> None:
@@ -175,7 +220,8 @@ def train_and_save(trainer, args: ImageGRPOConfig, resume: str | None):
     from rewards.errors import RewardScoreError
 
     try:
-        trainer.train(resume_from_checkpoint=resume)
+        with wandb_environment(args):
+            trainer.train(resume_from_checkpoint=resume)
     except RewardScoreError as err:
         last = last_complete_checkpoint(args.output_dir)
         where = (
@@ -214,10 +260,7 @@ def main(argv: list[str] | None = None) -> int:
     exit with status 2, failures while training with 1; each is one line (see :mod:`policies.commands`).
     """
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    script, args, model_args = build_parser().parse_args_and_config(argv)
-    resume = prepare_output_dir(args)  # newest complete checkpoint; refuses to write over an earlier run
-    trainer = build_trainer(script, args, model_args)
-    train_and_save(trainer, args, resume)
+    run(*build_parser().parse_args_and_config(argv))
     return 0
 
 

@@ -70,19 +70,20 @@ class RolloutWatch:
         self.monitor = monitor
         self.embedder = first_embedding_reward([trained, monitor])
 
-    def log(self, trainer, rollout: dict, inputs: list[dict]) -> None:
-        """Append this generation batch's figures to the trainer's train metrics (averaged at each log)."""
+    def log(self, trainer, rollout, inputs: list[dict]) -> None:
+        """Append this generation batch's figures (``rollout``: an :class:`rl.trainer.RolloutBatch`) to the trainer's
+        train metrics (averaged at each log)."""
         accelerator, metrics = trainer.accelerator, trainer._metrics["train"]
-        device, rows = accelerator.device, len(rollout["prompts"])
+        device, rows = accelerator.device, len(rollout.prompts)
         if self.monitor is not None:
-            scores = self.monitor.evaluate(rollout["images"], rollout["prompts"], row_metadata(inputs), "drop").values
+            scores = self.monitor.evaluate(rollout.images, rollout.prompts, row_metadata(inputs), "drop").values
             for name, values in scores.items():
                 mean, std = mean_std(accelerator.gather(values.to(device)).cpu())
                 metrics[f"monitor/{name}/mean"].append(mean)
                 metrics[f"monitor/{name}/std"].append(std)
         group = trainer.num_generations
         if group > 1:
-            metrics["diversity/codes"].append(code_diversity(accelerator.gather(rollout["codes"].to(device)), group))
+            metrics["diversity/codes"].append(code_diversity(accelerator.gather(rollout.codes.to(device)), group))
             embeddings = gather_embeddings(accelerator, self.embedder, rows)
             if embeddings is not None:
                 metrics["diversity/embedding"].append(embedding_diversity(embeddings, group))

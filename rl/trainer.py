@@ -6,6 +6,50 @@ group advantages and buffering -> TRL's ``_compute_loss`` -> our
 ``_get_per_token_logps_and_entropies`` (guided mode). TRL keeps the loss, KL, advantages, gather,
 PEFT reference and checkpointing.
 
+The TRL boundary (trl 1.16.0, pinned: all but ``use_vllm`` and ``save_model`` are private methods).
+Overrides hand each other per-step values only through ``self._step_state`` (:class:`StepState`).
+
+=================================== ===================== ====================================== ====================
+override                            TRL's caller          what it changes                        ``self._step_state``
+=================================== ===================== ====================================== ====================
+``_generate(prompts)``              ``_generate_and_      the rollout: template and encode the   sets ``rollout``
+                                    score_completions``   prompts, CFG-sample code grids,        (prompts, seeds,
+                                                          decode them; returns a                 codes, images,
+                                                          :class:`Generation` (TRL's 8 values,   sampler log-probs)
+                                                          named): images for the rewards, row
+                                                          ends out of the loss (tool mask), the
+                                                          sampler's log-probs as TRL's sampling
+                                                          log-probs
+``_calculate_rewards``              ``_generate_and_      nothing (TRL's, then kept)             sets
+                                    score_completions``                                          ``rewards_per_func``
+``_generate_and_score_completions`` ``_prepare_inputs``   after TRL's: adds ``sampler_logps``    takes ``rollout``,
+                                                          (they follow TRL's shuffle), logs the  reads ``rewards_
+                                                          clipped IS fraction, the trained-on    per_func``, sets
+                                                          reward (normalize_then_sum), rollout   ``rollout_step``
+                                                          records, sample grids, monitors
+``_compute_loss``                   ``compute_loss``      nothing (TRL's)                        sets ``loss_inputs``
+                                                                                                 while it runs
+``_get_per_token_logps_and_         ``_generate_and_      guided mode: one stacked cond+uncond   reads ``loss_inputs``
+entropies``                         score_completions``   forward over the visual slice, with    and ``rollout_step``
+                                    (old/ref log-probs),  the sampler's guidance, temperature,   (logs ``sampling/
+                                    ``_compute_loss``     top-k, top-p; conditional: TRL's       logprob_gap/*``)
+``use_vllm`` (property)             every ``if self.      True exactly when the IS correction    --
+                                    use_vllm``            is on, so TRL corrects with the
+                                                          sampler's log-probs; True is refused
+                                                          as a setting (no vLLM engine)
+``save_model``                      ``Trainer``           also writes the policy record          --
+=================================== ===================== ====================================== ====================
+
+Why not TRL's public ``rollout_func`` (an ``__init__`` argument: ``f(prompts, trainer) -> dict`` with
+``prompt_ids``, ``completion_ids``, ``logprobs``, extra fields and an ``env_mask`` for forced tokens)? It
+would replace only ``_generate``: the other overrides stay (the sampler log-probs still have to be added
+after TRL's ``_generate_and_score_completions``, guided scoring still overrides the log-prob method, and
+``use_vllm`` still has to be True for TRL's correction). And it would change behaviour: with ``use_vllm``
+True, TRL's ``rollout_func`` path calls ``self.vllm_generation.sync_weights()`` every step (an engine we
+never build), and it decodes the completions with the tokenizer (visual ids lie outside the text
+vocabulary) instead of our ``<image hxw>`` placeholders; it is marked experimental and warns. So
+``_generate`` stays an override.
+
 Numerics: trainable weights are fp32 masters; training computes under the trainer's bf16 autocast
 (``bf16: true``) and so do rollouts (``rollout_precision``). The sampler's per-token log-probs go
 to TRL's sampling-log-prob path, where TRL's truncated/masked importance-sampling correction (the
@@ -20,7 +64,9 @@ import math
 import time
 from collections import defaultdict
 from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -33,7 +79,7 @@ from policies.images import captioned_grid, save_png, to_unit
 from policies.loading import Policy
 from policies.rollout_weights import RolloutWeights
 from policies.sampler import sample_images
-from policies.sharding import fsdp2_rollout
+from policies.sharding import fsdp2_rollout, fsdp2_units
 from policies.sources import write_policy_record
 from policies.rollout import COMPILE_STATS
 from policies.scoring import guided_token_logprobs
@@ -47,6 +93,40 @@ from .precision import check_trainable_dtypes
 logger = logging.getLogger(__name__)
 
 SAMPLER_LOGPS_KEY = "sampler_logps"
+
+
+class Generation(NamedTuple):
+    """What ``_generate`` returns: TRL 1.16's 8 values, in the order TRL unpacks them (a NamedTuple is that tuple)."""
+
+    prompt_ids: list[list[int]]  # per row, unpadded (TRL left-pads)
+    completion_ids: list[list[int]]  # per row, LM ids (offset + code, forced row ends included)
+    tool_mask: list[list[int]] | None  # 0 at forced tokens (kept out of the loss), None when there are none
+    completions: list[str]  # placeholders shown in TRL's completion tables
+    sampling_logps: list[list[float]] | None  # the sampler's log-probs, when TRL's IS correction runs
+    extra_fields: dict[str, list]  # merged into the rows: the reward functions' ``images``
+    images: None  # images for the forward pass: none
+    tool_images: list  # TRL's tool images: none
+
+
+@dataclass
+class RolloutBatch:
+    """One process's rollout, as the rest of the step uses it (reward records, sample grids, monitors)."""
+
+    prompts: list[str]
+    seeds: list[int]
+    codes: torch.Tensor  # [rows, h, w]
+    images: torch.Tensor  # [rows, 3, H, W] in [0, 1]
+    logps: torch.Tensor  # [rows, completion length]: the sampler's per-token log-probs
+
+
+@dataclass
+class StepState:
+    """What the overrides of one step hand each other (see the table above); TRL passes nothing of ours along."""
+
+    rollout: RolloutBatch | None = None  # _generate -> _generate_and_score_completions
+    rewards_per_func: torch.Tensor | None = None  # _calculate_rewards -> rollout records (gathered rows)
+    rollout_step: int = -1  # global step of the latest rollout: the log-prob gap is logged before any update
+    loss_inputs: dict[str, Any] | None = None  # _compute_loss -> _get_per_token_logps_and_entropies
 
 
 class ImageGRPOTrainer(GRPOTrainer):
@@ -97,9 +177,7 @@ class ImageGRPOTrainer(GRPOTrainer):
         # The policy as trained here (recipe templates applied): prompt encoding goes through it.
         self.policy = Policy(model=policy.model, tokenizer=policy.tokenizer, vocab=vocab, family=policy.family)
         self.reward_suite = rewards
-        self.sampling = args.sampling_config()
-        #: What rollouts sample with; the same as :attr:`sampling` (which scoring uses) unless a test changes it.
-        self.rollout_sampling = self.sampling
+        self.sampling = args.sampling_config()  # what rollouts sample with and guided scoring scores
         if args.logprob_mode == "conditional" and self.sampling.truncates(vocab.codebook_size):
             logger.warning(
                 "logprob_mode=conditional scores without top-k/top-p truncation while rollouts truncate; "
@@ -133,12 +211,10 @@ class ImageGRPOTrainer(GRPOTrainer):
                 disable_attention_dropout(model)
         self._pad_id = self.policy.pad_id
         self._rollout_weights = RolloutWeights(args.rollout_weights, args.rollout_precision == "bfloat16")
-        self._pending_rollout: dict | None = None
-        self._rollout_global_step = -1
-        self._loss_inputs: dict | None = None
-        self._last_rewards_per_func: torch.Tensor | None = None
+        self._step_state = StepState()
         self._seed_calls: dict[tuple, int] = defaultdict(int)
         self._last_sample_step = -1
+        self._units_logged = False
         self.remove_callback(ProgressCallback)
         self.add_callback(RewardProgressCallback())
         self.add_callback(MetricsFileCallback(args.output_dir))
@@ -195,6 +271,11 @@ class ImageGRPOTrainer(GRPOTrainer):
     def sample_grids(self, prompt_ids: list[list[int]], seeds: list[int]):
         """CFG-sample code grids for ``prompt_ids`` at ``seeds`` with the current policy and decode them:
         ``(rollout, images in [0, 1])``. Changes no trainer state (rollouts and the held-out monitor use it)."""
+        if not self._units_logged:  # FSDP2 wraps the model when training starts: say what it sharded, once
+            self._units_logged = True
+            units = fsdp2_units(self.model_wrapped)
+            if units and self.accelerator.is_main_process:
+                logger.info("FSDP2 units: %s", ", ".join(f"{name} x{n}" for name, n in sorted(units.items())))
         with (
             unwrap_model_for_generation(
                 self.model_wrapped,
@@ -209,7 +290,7 @@ class ImageGRPOTrainer(GRPOTrainer):
             with self._rollout_autocast():
                 model = self._rollout_weights.model_for(unwrapped, self.args.rollout_backend)  # or its bf16 snapshot
                 rollout = sample_images(
-                    model, self.vocab, prompt_ids, self.policy.uncond_prompts(prompt_ids), self.rollout_sampling, seeds,
+                    model, self.vocab, prompt_ids, self.policy.uncond_prompts(prompt_ids), self.sampling, seeds,
                     pad_id=self._pad_id, fp32_head=self.args.fp32_visual_head, backend=self.args.rollout_backend,
                 )
             images = to_unit(self.codec.decode(rollout.codes))
@@ -238,33 +319,40 @@ class ImageGRPOTrainer(GRPOTrainer):
             self.state.num_input_tokens_seen += self.accelerator.gather(tokens).sum().item()
         metrics["num_tokens"] = [self.state.num_input_tokens_seen]
 
-        self._pending_rollout = {"logps": rollout.logprobs, "seeds": seeds, "images": images, "prompts": list(prompts),
-                                 "codes": rollout.codes}
+        self._step_state.rollout = RolloutBatch(prompts=list(prompts), seeds=seeds, codes=rollout.codes, images=images,
+                                          logps=rollout.logprobs)
         h, w = self.vocab.grid
-        completions = [f"<image {h}x{w}>"] * len(prompts)
-        extra_fields = {"images": list(images)}
-        sampling_logps = rollout.logprobs.tolist() if self._sampler_correction else None
         # Forced structural tokens (row ends) stay in the sequence but out of the loss: TRL's tool mask does that.
         forced = self.vocab.forced(rollout.token_ids)
-        loss_mask = (~forced).int().tolist() if bool(forced.any()) else None
-        return prompt_ids, rollout.token_ids.tolist(), loss_mask, completions, sampling_logps, extra_fields, None, []
+        return Generation(
+            prompt_ids=prompt_ids,
+            completion_ids=rollout.token_ids.tolist(),
+            tool_mask=(~forced).int().tolist() if bool(forced.any()) else None,
+            completions=[f"<image {h}x{w}>"] * len(prompts),
+            sampling_logps=rollout.logprobs.tolist() if self._sampler_correction else None,
+            extra_fields={"images": list(images)},
+            images=None,
+            tool_images=[],
+        )
 
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
         rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
-        self._last_rewards_per_func = rewards_per_func
+        self._step_state.rewards_per_func = rewards_per_func
         return rewards_per_func
 
     def _generate_and_score_completions(self, inputs):
         output = super()._generate_and_score_completions(inputs)
-        rollout, self._pending_rollout = self._pending_rollout, None
+        rollout, self._step_state.rollout = self._step_state.rollout, None
         width = output["completion_ids"].size(1)
-        logps = rollout["logps"].to(output["completion_ids"].device)
+        logps = rollout.logps.to(output["completion_ids"].device)
         if logps.size(1) < width:  # completions padded by pad_to_multiple_of
             logps = torch.nn.functional.pad(logps, (0, width - logps.size(1)))
         output[SAMPLER_LOGPS_KEY] = logps
         if self._sampler_correction:
             self._log_clipped_fraction(output)
-        self._rollout_global_step = self.state.global_step
+        self._step_state.rollout_step = self.state.global_step
+        if self.reward_suite.aggregation != "sum":
+            self._log_trained_reward()
         if self.model.training:
             self._record_rollout(rollout, output["advantages"])
             self.rollout_watch.log(self, rollout, inputs)
@@ -289,16 +377,43 @@ class ImageGRPOTrainer(GRPOTrainer):
         fraction = (gathered[:, 0].sum() / gathered[:, 1].sum().clamp(min=1)).item()
         self._metrics[mode]["sampling/importance_sampling_ratio/clipped_frac"].append(fraction)
 
-    def _local_rewards(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """This rank's rows of the gathered per-reward matrix and their weighted totals."""
-        start = self.accelerator.process_index * n
-        per_func = self._last_rewards_per_func[start : start + n].float().cpu()
-        weights = torch.tensor(self.args.reward_weights, dtype=torch.float32)
-        return per_func, (per_func * weights).nansum(dim=1)
+    def _trained_and_raw_rewards(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per row of the gathered batch: the reward TRL took the advantages from, and the weighted sum of the raw
+        rewards. They are the same under ``reward_aggregation: sum``; under ``normalize_then_sum`` the first is the
+        weighted sum of each reward normalised within its group (:meth:`rewards.RewardSuite.combine`, TRL's maths)."""
+        per_func = self._step_state.rewards_per_func.float().cpu()
+        raw = (per_func * torch.tensor(self.args.reward_weights, dtype=torch.float32)).nansum(dim=1)
+        if self.reward_suite.aggregation == "sum":
+            return raw, raw
+        group = self.num_generations if self.model.training else self.num_generations_eval
+        columns = {name: per_func[:, j] for j, name in enumerate(self.reward_suite.names)}
+        return self.reward_suite.combine(columns, group_size=group), raw
 
-    def _record_rollout(self, rollout: dict, advantages: torch.Tensor) -> None:
-        n = len(rollout["prompts"])
-        per_func, totals = self._local_rewards(n)
+    def _log_trained_reward(self) -> None:
+        """TRL logs ``reward`` as the weighted sum of the raw rewards whatever the aggregation. Under
+        ``normalize_then_sum`` that is not what it trained on: ``reward``/``reward_std`` become the trained-on reward
+        (each reward normalised within its group, then weighted and summed: its mean is ~0 by construction) and the
+        raw weighted sum moves to ``reward_weighted_sum``/``reward_weighted_sum_std`` (the curve to watch rise)."""
+        from trl.trainer.utils import nanstd
+
+        metrics = self._metrics["train" if self.model.training else "eval"]
+        trained, _ = self._trained_and_raw_rewards()
+        metrics["reward_weighted_sum"].append(metrics["reward"][-1])
+        metrics["reward_weighted_sum_std"].append(metrics["reward_std"][-1])
+        metrics["reward"][-1] = torch.nanmean(trained).item()
+        metrics["reward_std"][-1] = nanstd(trained).item()
+
+    def _local_rewards(self, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """This rank's rows of the gathered per-reward matrix, their trained-on rewards and raw weighted sums."""
+        start = self.accelerator.process_index * n
+        trained, raw = self._trained_and_raw_rewards()
+        rows = slice(start, start + n)
+        return self._step_state.rewards_per_func[rows].float().cpu(), trained[rows], raw[rows]
+
+    def _record_rollout(self, rollout: RolloutBatch, advantages: torch.Tensor) -> None:
+        n = len(rollout.prompts)
+        per_func, totals, raw = self._local_rewards(n)
+        normalised = self.reward_suite.aggregation != "sum"
         step = self.state.global_step
         if self.args.log_rollouts:
             path = Path(self.args.output_dir) / "rollouts" / f"rank{self.accelerator.process_index}.jsonl"
@@ -309,10 +424,11 @@ class ImageGRPOTrainer(GRPOTrainer):
                         "step": step,
                         "rank": self.accelerator.process_index,
                         "row": i,
-                        "prompt": rollout["prompts"][i],
-                        "seed": rollout["seeds"][i],
+                        "prompt": rollout.prompts[i],
+                        "seed": rollout.seeds[i],
                         "rewards": {name: float(per_func[i, j]) for j, name in enumerate(self.reward_func_names)},
-                        "reward": float(totals[i]),
+                        "reward": float(totals[i]),  # what the advantage came from
+                        **({"reward_weighted_sum": float(raw[i])} if normalised else {}),
                         "advantage": float(advantages[i]),
                     }
                     f.write(json.dumps(record) + "\n")
@@ -320,8 +436,10 @@ class ImageGRPOTrainer(GRPOTrainer):
         if every > 0 and step % every == 0 and step != self._last_sample_step and self.accelerator.is_main_process:
             self._last_sample_step = step
             k = min(n, self.args.samples_per_grid)
-            captions = [f"{p} | r={float(r):.3f}" for p, r in zip(rollout["prompts"][:k], totals[:k])]
-            grid = captioned_grid(rollout["images"][:k].cpu(), captions)
+            # r: the reward trained on; under normalize_then_sum also the weighted sum of the raw rewards
+            captions = [f"{p} | r={float(r):.3f}" + (f" raw={float(s):.3f}" if normalised else "")
+                        for p, r, s in zip(rollout.prompts[:k], totals[:k], raw[:k])]
+            grid = captioned_grid(rollout.images[:k].cpu(), captions)
             path = save_png(grid, Path(self.args.output_dir) / "samples" / f"step_{step}.png")
             self._log_image_to_wandb(path, step)
 
@@ -335,11 +453,11 @@ class ImageGRPOTrainer(GRPOTrainer):
 
     # ---------------------------------------------------------------- scoring
     def _compute_loss(self, model, inputs):
-        self._loss_inputs = inputs
+        self._step_state.loss_inputs = inputs
         try:
             return super()._compute_loss(model, inputs)
         finally:
-            self._loss_inputs = None
+            self._step_state.loss_inputs = None
 
     def _get_per_token_logps_and_entropies(
         self,
@@ -359,8 +477,8 @@ class ImageGRPOTrainer(GRPOTrainer):
             logps, entropies, aux = super()._get_per_token_logps_and_entropies(
                 model, input_ids, attention_mask, logits_to_keep, batch_size, compute_entropy, compute_aux_loss, **kwargs
             )
-        if self._loss_inputs is not None:
-            self._log_logprob_gap(logps, self._loss_inputs)
+        if self._step_state.loss_inputs is not None:
+            self._log_logprob_gap(logps, self._step_state.loss_inputs)
         return logps, entropies, aux
 
     def _guided_logps(self, model, input_ids, attention_mask, logits_to_keep, batch_size=None):
@@ -393,7 +511,7 @@ class ImageGRPOTrainer(GRPOTrainer):
 
     def _log_logprob_gap(self, logps: torch.Tensor, inputs: dict) -> None:
         """mean/max |sampler log-prob - trainer log-prob| while no optimizer step has happened since the rollout."""
-        if self.state.global_step != self._rollout_global_step or SAMPLER_LOGPS_KEY not in inputs:
+        if self.state.global_step != self._step_state.rollout_step or SAMPLER_LOGPS_KEY not in inputs:
             return
         mask = scored_tokens(inputs)
         gap = (logps.detach().float() - inputs[SAMPLER_LOGPS_KEY].float()).abs()[mask]

@@ -183,3 +183,16 @@ def test_a_reward_failing_during_training_stops_with_one_line_naming_reward_prom
     assert code == 1
     assert "'flaky_scorer'" in line and "prompt '" in line and "the scoring server went away" in line
     assert str(out / "checkpoint-1") in line and "--resume_from_checkpoint last" in line
+
+
+@pytest.mark.parametrize("targets", [["q_proj", "lm_head"], ["model.lm_head"]])
+def test_lora_on_the_lm_head_is_refused_before_anything_loads(targets, tmp_path, capsys, monkeypatch):
+    """Image tokens are scored on the head's visual rows, where an adapter would be ignored: refused with exit 2
+    before the policy is built (it used to fail at the first rollout with a TypeError, exit 1)."""
+    monkeypatch.delenv(DEBUG_ENV, raising=False)
+    out = tmp_path / "run"
+    code, err = run_cli(capsys, "grpo", "--config", TINY_GRPO, "--train_prompts", PROMPTS, "--output_dir", out,
+                        "--use_peft", "true", "--lora_r", "4", "--lora_target_modules", *targets)
+    line = assert_one_line_error(err, "grpo")
+    assert code == 2 and "lm_head" in line and "lora_target_modules" in line
+    assert not (out / "init-policy").exists()  # refused before the policy was built

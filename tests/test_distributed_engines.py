@@ -10,6 +10,8 @@ suite; pretraining/SFT on the sharded engines and the LoRA / reference-model var
 from __future__ import annotations
 
 import json
+import os
+import re
 from pathlib import Path
 
 import pytest
@@ -257,3 +259,40 @@ def test_an_fsdp2_sharded_state_dict_run_loads_exports_and_continues(tmp_path):
     for name, tensor in policy.model.state_dict().items():
         assert torch.equal(reference[name], tensor), name
     assert cli(["generate", "--model", str(run), "--prompts", "a red square", "--out", str(tmp_path / "images")]) == 0
+
+
+# ------------------------------------------------------------------------------------- other policy families
+
+PLUGIN = REPO / "tests" / "plugins" / "simplear_rl_example_plugin"
+
+
+@pytest.mark.parametrize("family", ["janus", "emu3"])
+def test_fsdp2_shards_each_familys_own_decoder_layers_and_trains_two_steps(tmp_path, family):
+    """``fsdp.yaml`` names no layer class: accelerate wraps the loaded model's ``_no_split_modules`` (Janus's
+    ``LlamaDecoderLayer``, Emu3's ``Emu3DecoderLayer``), so one config serves every family. Emu3 is launched
+    with ``--fsdp_cpu_ram_efficient_loading false``: accelerate 1.15's rank-0 broadcast of the weights cannot
+    carry its VQ-VAE's BatchNorm buffers (the launch line of ``recipes/emu3/grpo_clip.yaml``)."""
+    import yaml
+
+    from policies.tiny_families import save_tiny_emu3, save_tiny_janus
+
+    folder = (save_tiny_janus if family == "janus" else save_tiny_emu3)(tmp_path / "ckpt")
+    recipe = yaml.safe_load((REPO / "recipes/tiny/grpo.yaml").read_text())
+    recipe["rewards"] = [{"name": "simplear_rl_example_plugin:brightness", "weight": 1.0}]
+    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+    run, log = tmp_path / "run", tmp_path / "run.log"
+    args = ["--config", str(tmp_path / "recipe.yaml"), "--train_prompts", str(REPO / "recipes/tiny/prompts.jsonl"),
+            "--model_name_or_path", str(folder), "--codec", "vqvae", "--resolution", "64" if family == "janus" else "32",
+            "--per_device_train_batch_size", "2", "--num_generations", "4", "--max_steps", "2", "--save_steps", "2",
+            "--sample_every", "0", "--write_report", "false", "--output_dir", str(run)]
+    flags = ["--fsdp_cpu_ram_efficient_loading", "false"] if family == "emu3" else []
+    result = launch("fsdp", "rl.grpo", args, log, env={"PYTHONPATH": f"{REPO}{os.pathsep}{PLUGIN}"}, flags=flags)
+    assert result.returncode == 0, tail(log)
+    assert engine_artefacts("fsdp", run / "checkpoint-2")
+    rows = metrics(run)
+    assert [r["step"] for r in rows] == [1, 2] and all(r["grad_norm"] > 0 for r in rows)
+    layer = {"janus": "LlamaDecoderLayer", "emu3": "Emu3DecoderLayer"}[family]
+    units = re.search(r"FSDP2 units: (.*)", log.read_text()).group(1)
+    assert f"{layer} x2" in units.split(", "), units  # both decoder layers are units of their own
+    again = load_policy(run)
+    assert again.family.name == family

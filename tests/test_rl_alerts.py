@@ -127,3 +127,13 @@ def test_alert_callback_prints_one_line_appends_alerts_jsonl_and_asks_to_save_an
     (record,) = [json.loads(line) for line in (tmp_path / ALERTS_FILE).read_text().splitlines()]
     assert record["rule"] == "diversity_floor" and record["step"] == 2 and record["values"]["value"] == 0.1
     assert control.should_save and control.should_training_stop and callback.stopped_by.step == 2
+
+
+def test_under_normalize_then_sum_divergence_watches_the_raw_weighted_sum_not_the_normalised_reward():
+    """The normalised `reward` has mean ~0 at every step; a hacked reward shows in `reward_weighted_sum`."""
+    from rl.alerts import reward_divergence
+
+    records = [{"step": s, "reward": 0.0, "reward_weighted_sum": 1.0 + 0.1 * s, "monitor/clip/mean": 1.0 - 0.05 * s}
+               for s in range(1, 11)]
+    alerts = reward_divergence(records, 10, {"window": 10, "rise": 0.02, "drop": 0.05})
+    assert len(alerts) == 1 and alerts[0].message.startswith("reward_weighted_sum rose")

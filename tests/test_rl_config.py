@@ -118,3 +118,50 @@ def test_bf16_defaults_to_what_the_machine_supports(tmp_path):
 
     expected = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
     assert make(tmp_path).bf16 is expected
+
+
+def test_tiny_codebook_size_is_no_key_because_a_tiny_policys_codebook_is_its_codecs(tmp_path):
+    """The tiny policy takes its codebook from the codec (palette: levels**3); a key that did nothing is refused."""
+    path = write_recipe(tmp_path, tiny_codebook_size=32)
+    with pytest.raises(ValueError, match="tiny_codebook_size"):
+        build_parser().parse_args_and_config(["--config", str(path)])
+
+
+@pytest.mark.parametrize("text,expected", [("auto", False), ("true", True), ("false", False)])
+def test_importance_sampling_correction_takes_auto_true_false_and_holds_a_bool(tmp_path, text, expected):
+    """The recipe spells the switch auto | true | false (YAML and command line); the config holds a bool
+    (auto resolved: off for these fp32 rollouts)."""
+    _, from_cli, _ = build_parser().parse_args_and_config(
+        ["--config", str(write_recipe(tmp_path)), "--importance_sampling_correction", text])
+    _, from_yaml, _ = build_parser().parse_args_and_config(
+        ["--config", str(write_recipe(tmp_path, importance_sampling_correction=yaml.safe_load(text)))])
+    for args in (from_cli, from_yaml, make(tmp_path, cfg_scale=3.0, importance_sampling_correction=text)):
+        assert args.importance_sampling_correction is expected
+        assert args.vllm_importance_sampling_correction is expected
+    with pytest.raises(ValueError, match="true, false or auto"):
+        make(tmp_path, importance_sampling_correction="sometimes")
+
+
+def test_importance_sampling_aliases_set_trls_vllm_keys(tmp_path):
+    """Users of a trainer without vLLM set the correction with importance_sampling_* keys."""
+    args = make(tmp_path, importance_sampling_mode="token_mask", importance_sampling_clip_max=1.5,
+                importance_sampling_clip_min=0.5)
+    assert (args.vllm_importance_sampling_mode, args.vllm_importance_sampling_clip_max,
+            args.vllm_importance_sampling_clip_min) == ("token_mask", 1.5, 0.5)
+    _, parsed, _ = build_parser().parse_args_and_config(
+        ["--config", str(write_recipe(tmp_path, importance_sampling_mode="sequence_truncate")),
+         "--importance_sampling_clip_max", "3"])
+    assert parsed.vllm_importance_sampling_mode == "sequence_truncate" and parsed.vllm_importance_sampling_clip_max == 3
+    assert make(tmp_path).vllm_importance_sampling_mode == "token_truncate"  # our default when neither is set
+    with pytest.raises(ValueError, match="disagree"):
+        make(tmp_path, importance_sampling_clip_max=1.5, vllm_importance_sampling_clip_max=4.0)
+    with pytest.raises(ValueError, match="importance_sampling_mode must be one of"):
+        make(tmp_path, importance_sampling_mode="token")
+
+
+def test_reward_specs_are_typed_and_held_as_mappings(tmp_path):
+    import typing
+
+    hints = typing.get_type_hints(ImageGRPOConfig)
+    assert hints["rewards"] == hints["monitor_rewards"] == (list[dict[str, typing.Any]] | None)
+    assert make(tmp_path, rewards=["color_region:2"]).rewards == [{"name": "color_region", "weight": 2.0}]

@@ -131,9 +131,9 @@ def test_bf16_on_a_cpu_without_use_cpu_says_to_add_use_cpu(tmp_path, capsys):
 # ------------------------------------------------------------------- importance sampling
 def test_correction_is_on_for_bf16_rollouts_and_off_for_fp32_ones():
     _, fp32, _ = parse()
-    assert fp32.rollout_precision == "float32" and fp32.importance_sampling_correction == "false"
+    assert fp32.rollout_precision == "float32" and fp32.importance_sampling_correction is False
     _, bf16, _ = parse("--bf16", "true", "--use_cpu", "true")
-    assert bf16.rollout_precision == "bfloat16" and bf16.importance_sampling_correction == "true"
+    assert bf16.rollout_precision == "bfloat16" and bf16.importance_sampling_correction is True
     assert bf16.vllm_importance_sampling_correction and bf16.vllm_importance_sampling_mode == "token_truncate"
 
 
@@ -142,26 +142,33 @@ def test_correction_is_refused_with_conditional_logprobs():
         parse("--logprob_mode", "conditional", "--importance_sampling_correction", "true")
 
 
-def run_with_sampling_temperature(out: Path, temperature: float, *extra: str) -> list[dict]:
+def run_with_sampling_temperature(monkeypatch, out: Path, temperature: float, *extra: str) -> list[dict]:
     """A short run whose rollouts sample at ``temperature`` while the trainer scores at the recipe's 1.0."""
+    import rl.trainer
+
+    real = rl.trainer.sample_images
+
+    def hotter(model, vocab, prompt_ids, uncond_ids, config, *args, **kwargs):
+        return real(model, vocab, prompt_ids, uncond_ids, dataclasses.replace(config, temperature=temperature), *args,
+                    **kwargs)
+
+    monkeypatch.setattr(rl.trainer, "sample_images", hotter)
     script, args, model_args = build_parser().parse_args_and_config(argv(out, "--max_steps", "2", *extra))
-    trainer = build_trainer(script, args, model_args)
-    trainer.rollout_sampling = dataclasses.replace(trainer.sampling, temperature=temperature)  # the test hook
-    trainer.train()
+    build_trainer(script, args, model_args).train()
     return read_metrics(out)
 
 
-def test_matched_fp32_numerics_give_importance_ratios_of_one(tmp_path):
-    records = run_with_sampling_temperature(tmp_path / "run", 1.0, "--importance_sampling_correction", "true")
+def test_matched_fp32_numerics_give_importance_ratios_of_one(tmp_path, monkeypatch):
+    records = run_with_sampling_temperature(monkeypatch, tmp_path / "run", 1.0, "--importance_sampling_correction", "true")
     for r in records:
         assert abs(r["sampling/importance_sampling_ratio/min"] - 1) < 1e-4
         assert abs(r["sampling/importance_sampling_ratio/max"] - 1) < 1e-4
         assert r["sampling/importance_sampling_ratio/clipped_frac"] == 0.0
 
 
-def test_a_mismatched_sampler_gets_ratios_away_from_one_truncated_at_the_bound(tmp_path):
+def test_a_mismatched_sampler_gets_ratios_away_from_one_truncated_at_the_bound(tmp_path, monkeypatch):
     records = run_with_sampling_temperature(
-        tmp_path / "run", 1.3, "--importance_sampling_correction", "true", "--vllm_importance_sampling_clip_max", "1.05"
+        monkeypatch, tmp_path / "run", 1.3, "--importance_sampling_correction", "true", "--vllm_importance_sampling_clip_max", "1.05"
     )
     for r in records:
         assert r["sampling/importance_sampling_ratio/min"] < 0.99
@@ -170,10 +177,36 @@ def test_a_mismatched_sampler_gets_ratios_away_from_one_truncated_at_the_bound(t
         assert r["sampling/logprob_gap/mean"] > 1e-3
 
 
-def test_masked_mode_zeroes_the_ratios_outside_the_bounds(tmp_path):
+def test_masked_mode_zeroes_the_ratios_outside_the_bounds(tmp_path, monkeypatch):
+    """Set through our alias keys (no vllm_ prefix): TRL's correction runs with them."""
     records = run_with_sampling_temperature(
-        tmp_path / "run", 1.3, "--importance_sampling_correction", "true", "--vllm_importance_sampling_mode",
-        "token_mask", "--vllm_importance_sampling_clip_max", "1.05",
+        monkeypatch, tmp_path / "run", 1.3, "--importance_sampling_correction", "true", "--importance_sampling_mode",
+        "token_mask", "--importance_sampling_clip_max", "1.05",
     )
     assert all(r["sampling/importance_sampling_ratio/min"] == 0.0 for r in records)
     assert all(r["sampling/importance_sampling_ratio/clipped_frac"] > 0 for r in records)
+
+
+# ------------------------------------------------------------------- codec
+def test_the_grpo_codec_is_built_on_the_trainers_device_in_its_documented_dtype(tmp_path, monkeypatch):
+    """The codec decodes every rollout: it is built where the trainer runs, in ``codec_dtype`` (default bf16 on
+    CUDA, fp32 on a CPU), not built on the CPU in fp32 and moved without a cast."""
+    import policies.codecs as codecs
+    import rl.grpo as grpo
+
+    built = {}
+    real = codecs.build_codec
+
+    def spy(name, path=None, device=None, dtype=None, **kwargs):
+        built.update(device=device, dtype=dtype)
+        return real(name, path=path, device=device, dtype=dtype, **kwargs)
+
+    monkeypatch.setattr(codecs, "build_codec", spy)
+    script, args, model_args = build_parser().parse_args_and_config(argv(tmp_path / "run", "--max_steps", "1"))
+    trainer = build_trainer(script, args, model_args)
+    assert torch.device(built["device"]) == trainer.accelerator.device and built["dtype"] == torch.float32
+    cuda = torch.device("cuda")
+    assert grpo.codec_dtype(script, cuda) == torch.bfloat16  # what a GPU run gets
+    assert grpo.codec_dtype(script, torch.device("cpu")) == torch.float32
+    script.codec_dtype = "float32"
+    assert grpo.codec_dtype(script, cuda) == torch.float32  # the recipe key wins

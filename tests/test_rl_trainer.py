@@ -113,6 +113,7 @@ def test_wandb_offline_run_folder_holds_the_metrics_and_sample_grids(tmp_path, m
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
     monkeypatch.delenv("WANDB_DIR", raising=False)
+    monkeypatch.delenv("WANDB_PROJECT", raising=False)
     run_tiny(tmp_path, "--max_steps", "2", "--report_to", "wandb", "--sample_every", "1")
     runs = list((tmp_path / "wandb").glob("offline-run-*"))
     assert len(runs) == 1
@@ -120,4 +121,20 @@ def test_wandb_offline_run_folder_holds_the_metrics_and_sample_grids(tmp_path, m
     data = wandb_file.read_bytes()
     assert b"rewards/color_region/mean" in data and b"sampling/logprob_gap/mean" in data
     assert list(runs[0].glob("files/media/images/samples_*.png")), "sample grids were not logged to wandb"
-    os.environ.pop("WANDB_DIR", None)
+    assert "WANDB_DIR" not in os.environ and "WANDB_PROJECT" not in os.environ  # nothing leaks into later runs
+
+
+def test_normalize_then_sum_logs_the_reward_trl_trained_on_and_the_raw_weighted_sum_beside_it(tmp_path):
+    """``reward`` is what the advantages came from (each reward normalised within its group, then weighted and
+    summed); the weighted sum of the raw rewards is ``reward_weighted_sum``, in metrics and in the rollout records."""
+    records = run_tiny(tmp_path, "--max_steps", "2", "--reward_aggregation", "normalize_then_sum", "--rewards",
+                       "color_region:2", "--log_rollouts", "true", "--sample_every", "1", "--save_steps", "1000")
+    rows = [json.loads(line) for line in (tmp_path / "rollouts" / "rank0.jsonl").read_text().splitlines()]
+    for record in records:
+        step = [r for r in rows if r["step"] == record["step"] - 1]
+        raw = torch.tensor([r["rewards"]["color_region"] for r in step]).view(-1, 4)  # groups of num_generations
+        z = (raw - raw.mean(dim=1, keepdim=True)) / (raw.std(dim=1, keepdim=True) + 1e-4)
+        assert torch.allclose(torch.tensor([r["reward"] for r in step]), 2 * z.flatten(), atol=1e-4)
+        assert torch.allclose(torch.tensor([r["reward_weighted_sum"] for r in step]), 2 * raw.flatten(), atol=1e-6)
+        assert record["reward"] == pytest.approx(float(2 * z.mean()), abs=1e-5)
+        assert record["reward_weighted_sum"] == pytest.approx(2 * record["rewards/color_region/mean"], rel=1e-5)
