@@ -68,7 +68,7 @@ CFG_SCALE = 6.0
 GOAL_MS_PER_STEP, GOAL_IMAGES_PER_S = 1.0, 10.0
 #: Largest |log-prob difference| (nats) between the backends on the same codes, per dtype. fp32: the tests' 1e-5
 #: with room for CUDA's reduction orders. bf16: ~10x the 2e-3..1.5e-2 measured between the backends on CPU, and
-#: below the 0.15-0.31 nats the sampler-trainer gap reaches in bf16 (README, Numerics).
+#: below the 0.15-0.31 nats the sampler-trainer gap reaches in bf16 (docs/performance.md, Numerics).
 TOLERANCE = {torch.float32: 1e-4, torch.bfloat16: 5e-2}
 #: Seconds a measurement needs at least (compilation included) to be started, per device type; a guess for CUDA.
 NEEDS = {

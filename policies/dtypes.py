@@ -20,7 +20,7 @@ DTYPE_NAMES = {
 }
 
 
-#: On a CPU with bf16 hardware, bf16 is the faster dtype from this hidden size on (measured, README Performance).
+#: On a CPU with bf16 hardware, bf16 is the faster dtype from this hidden size on (measured, docs/performance.md).
 CPU_BF16_MIN_HIDDEN = 256
 
 

@@ -26,7 +26,7 @@ from .sharding import is_sharded
 from .versions import ensure_supported
 from .vocab import VisualVocab
 
-#: Rollout backends by name; ``auto`` is ``compiled`` on CUDA and ``eager`` elsewhere (see README, Performance).
+#: Rollout backends by name; ``auto`` is ``compiled`` on CUDA and ``eager`` elsewhere (see docs/performance.md).
 ROLLOUT_BACKENDS = ("eager", "compiled", "auto")
 
 

@@ -136,7 +136,7 @@ class ImageGRPOConfig(GRPOConfig):
     fp32_visual_head: bool = field(
         default=True,
         metadata={"help": "Compute the visual head (the last matmul) in float32 in rollouts and in scoring, even "
-                  "under bf16 autocast: it shrinks the sampler-trainer log-prob gap (see README, Numerics)."},
+                  "under bf16 autocast: it shrinks the sampler-trainer log-prob gap (see docs/performance.md, Numerics)."},
     )
     rollout_weights: str = field(
         default="auto",
