@@ -113,12 +113,33 @@ class Pipeline:
         self.timings[name] = time.perf_counter() - start
         print(f"[demo] {name} done in {self.timings[name]:.0f} s", flush=True)
 
+    def pretrain_and_sft(self, cache: Path, quick: dict[str, list[str]]) -> None:
+        """Pretrain on ``cache``, then SFT from it, each from the config's recipe into ``out``; resumable."""
+        from pretrain_sft.train import main_pretrain, main_sft
+
+        c, out = self.config, self.out
+        self.stage("pretrain", out / "pretrain" / "config.json", main_pretrain,
+                   ["--config", recipe_path(c.pretrain), "--cache", str(cache), "--output_dir", str(out / "pretrain"),
+                    *quick.get("pretrain", [])], resumable=True)
+        self.stage("sft", out / "sft" / "config.json", main_sft,
+                   ["--config", recipe_path(c.sft), "--cache", str(cache), "--model_name_or_path", str(out / "pretrain"),
+                    "--output_dir", str(out / "sft"), *quick.get("sft", [])], resumable=True)
+
+    def grpo(self, extra: list[str]) -> None:
+        """GRPO from the SFT policy on the demo's training prompts into ``out/grpo``; resumable."""
+        from .grpo import main as grpo_main
+
+        c, out = self.config, self.out
+        self.stage("grpo", out / "grpo" / "train_summary.json", grpo_main,
+                   ["--config", recipe_path(c.grpo), "--model_name_or_path", str(out / "sft"),
+                    "--train_prompts", str(out / "data" / "train_prompts.jsonl"), "--output_dir", str(out / "grpo"),
+                    *extra], resumable=True)
+
 
 def train_stages(p: Pipeline) -> None:
     """Data -> cache -> pretrain -> SFT -> GRPO, each from its recipe with paths under ``out``."""
     from pretrain_sft.demo_data import main as data_main
     from pretrain_sft.extract import main as extract_main
-    from pretrain_sft.train import main_pretrain, main_sft
 
     c, out = p.config, p.out
     quick = QUICK if c.quick else {}
@@ -127,23 +148,11 @@ def train_stages(p: Pipeline) -> None:
             ["--config", recipe_path(c.data), "--out", str(data), *quick.get("data", [])])
     p.stage("extract", cache / "simplear_cache.json", extract_main,
             ["--config", recipe_path(c.extract), "--images", str(data / "meta.jsonl"), "--out", str(cache)])
-    p.stage("pretrain", out / "pretrain" / "config.json", main_pretrain,
-            ["--config", recipe_path(c.pretrain), "--cache", str(cache), "--output_dir", str(out / "pretrain"),
-             *quick.get("pretrain", [])], resumable=True)
-    p.stage("sft", out / "sft" / "config.json", main_sft,
-            ["--config", recipe_path(c.sft), "--cache", str(cache), "--model_name_or_path", str(out / "pretrain"),
-             "--output_dir", str(out / "sft"), *quick.get("sft", [])], resumable=True)
+    p.pretrain_and_sft(cache, quick)
 
 
 def grpo_stage(p: Pipeline) -> None:
-    from .grpo import main as grpo_main
-
-    c, out = p.config, p.out
-    p.stage("grpo", out / "grpo" / "train_summary.json", grpo_main,
-            ["--config", recipe_path(c.grpo), "--model_name_or_path", str(out / "sft"),
-             "--train_prompts", str(out / "data" / "train_prompts.jsonl"), "--output_dir", str(out / "grpo"),
-             "--monitor_prompts", str(out / "data" / "eval_prompts.jsonl"),
-             *(QUICK["grpo"] if c.quick else [])], resumable=True)
+    p.grpo(["--monitor_prompts", str(p.out / "data" / "eval_prompts.jsonl"), *(QUICK["grpo"] if p.config.quick else [])])
 
 
 def evaluate_checkpoint(p: Pipeline, model: Path, label: str) -> dict[str, dict]:

@@ -84,29 +84,17 @@ class NumbersPipeline(Pipeline):
 def train_stages(p: NumbersPipeline) -> None:
     """Data (pictures, token cache, prompts) -> pretrain -> SFT, each from its recipe with paths under ``out``."""
     from pretrain_sft.number_data import main as data_main
-    from pretrain_sft.train import main_pretrain, main_sft
 
     c, out = p.config, p.out
     quick = QUICK if c.quick else {}
     data, cache = out / "data", out / "data" / "cache"
     p.stage("data", data / "eval_prompts.jsonl", data_main,
             ["--config", recipe_path(c.data), "--out", str(data), *quick.get("data", [])])
-    p.stage("pretrain", out / "pretrain" / "config.json", main_pretrain,
-            ["--config", recipe_path(c.pretrain), "--cache", str(cache), "--output_dir", str(out / "pretrain"),
-             *quick.get("pretrain", [])], resumable=True)
-    p.stage("sft", out / "sft" / "config.json", main_sft,
-            ["--config", recipe_path(c.sft), "--cache", str(cache), "--model_name_or_path", str(out / "pretrain"),
-             "--output_dir", str(out / "sft"), *quick.get("sft", [])], resumable=True)
+    p.pretrain_and_sft(cache, quick)
 
 
 def grpo_stage(p: NumbersPipeline) -> None:
-    from .grpo import main as grpo_main
-
-    c, out = p.config, p.out
-    p.stage("grpo", out / "grpo" / "train_summary.json", grpo_main,
-            ["--config", recipe_path(c.grpo), "--model_name_or_path", str(out / "sft"),
-             "--train_prompts", str(out / "data" / "train_prompts.jsonl"), "--output_dir", str(out / "grpo"),
-             *(QUICK["grpo"] if c.quick else [])], resumable=True)
+    p.grpo(QUICK["grpo"] if p.config.quick else [])
 
 
 # ------------------------------------------------------------------------- evaluation

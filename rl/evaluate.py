@@ -221,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
         suite = build_rewards(specs, aggregation=options.get("aggregation", "sum"))
         table = load_prompt_set(args.prompts, args.prompt_length)
         suite.validate_columns(set(table.column_names))
-    claim_output_folder(Path(args.out), f"eval {args.benchmark}")
+    claim_output_folder(Path(args.out), f"eval {args.benchmark}", record=False)
     setup = build_setup(args, log)
     if args.benchmark == "geneval":
         out = write_geneval(setup, args.prompts, args.out, args.num_images, args.seed, args.batch_size)

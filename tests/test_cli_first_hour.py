@@ -184,7 +184,7 @@ def test_eval_refuses_an_output_folder_holding_other_files(tmp_path, capsys):
     (out / "paper.pdf").write_bytes(b"%PDF")
     code = cli_main(["eval", "rewards", "--model", str(tmp_path / "ckpt"), "--prompts", str(REPO / "recipes/tiny/prompts.jsonl"),
                      "--rewards", "color_region", "--out", str(out)])
-    assert code == 2 and "no `simplear-rl eval rewards` run wrote" in capsys.readouterr().err
+    assert code == 2 and "writes only into a new or empty folder" in capsys.readouterr().err
     assert sorted(p.name for p in out.iterdir()) == ["paper.pdf"]
 
 

@@ -170,7 +170,8 @@ def test_grpo_with_a_reference_model_or_lora_under_sharded_engines_takes_the_ddp
         assert (run / "adapter_model.safetensors").exists()
 
 
-@pytest.mark.parametrize("engine", ["fsdp", pytest.param("zero3", marks=pytest.mark.slow)])
+@pytest.mark.slow  # ~60 s each on 2 cores; the default run keeps the DDP kill-and-resume test (test_rl_distributed.py)
+@pytest.mark.parametrize("engine", ["fsdp", "zero3"])
 def test_a_killed_sharded_run_resumes_from_its_checkpoint_with_every_step_logged_once(tmp_path, engine):
     out = tmp_path / "run"
     args = [*GRPO, "--max_steps", "4", "--save_steps", "2", "--sample_every", "0", "--output_dir", str(out)]
@@ -266,7 +267,7 @@ def test_an_fsdp2_sharded_state_dict_run_loads_exports_and_continues(tmp_path):
 PLUGIN = REPO / "tests" / "plugins" / "simplear_rl_example_plugin"
 
 
-@pytest.mark.parametrize("family", ["janus", "emu3"])
+@pytest.mark.parametrize("family", ["janus", pytest.param("emu3", marks=pytest.mark.slow)])
 def test_fsdp2_shards_each_familys_own_decoder_layers_and_trains_two_steps(tmp_path, family):
     """``fsdp.yaml`` names no layer class: accelerate wraps the loaded model's ``_no_split_modules`` (Janus's
     ``LlamaDecoderLayer``, Emu3's ``Emu3DecoderLayer``), so one config serves every family. Emu3 is launched
