@@ -126,7 +126,9 @@ def assert_loads_and_samples(run: Path, reference: Path | None = None) -> None:
 # ---------------------------------------------------------------------------------------------------- GRPO
 
 
-@pytest.mark.parametrize("engine", ["zero2", "zero3", "fsdp"])
+# ZeRO runs are slow (each ~30-60 s on 2 cores, plus DeepSpeed's op build): `make test-slow`
+@pytest.mark.parametrize("engine", [pytest.param("zero2", marks=pytest.mark.slow), pytest.param("zero3", marks=pytest.mark.slow),
+                                    "fsdp"])
 def test_grpo_under_each_engine_takes_the_ddp_steps_and_saves_loadable_weights(runs, engine):
     run = runs.grpo(engine)
     assert engine_artefacts(engine, run / "checkpoint-2")  # the engine really ran (its own optimizer-state files)
@@ -231,7 +233,7 @@ def assert_exports_the_runs_weights(checkpoint: Path, run: Path, out: Path, step
     assert f"| training step | {step} |" in (out / "README.md").read_text()
 
 
-@pytest.mark.parametrize("engine", SHARDED)
+@pytest.mark.parametrize("engine", [pytest.param("zero3", marks=pytest.mark.slow), "fsdp"])
 def test_a_sharded_checkpoint_exports_the_engines_consolidated_weights_that_sample_the_runs_codes(runs, engine, tmp_path):
     """The fp32 weights come from the engine's own files (ZeRO-3 partitions through deepspeed's zero_to_fp32, FSDP2
     through accelerate), not from the 16-bit copy beside them; they equal the run's final weights (same step)."""
