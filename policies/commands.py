@@ -179,7 +179,20 @@ def finish_parser(parser: argparse.ArgumentParser) -> None:
     parser.epilog = clean_help(parser.epilog)
 
 
-class CommandParser(argparse.ArgumentParser):
+class FinishedOnUse:
+    """Parser mixin: :func:`finish_parser` runs when the parser is first used, so flags added after
+    construction (e.g. a command's extra ``--task``) get their aliases and escaped help too."""
+
+    def parse_known_args(self, args=None, namespace=None):
+        finish_parser(self)
+        return super().parse_known_args(args, namespace)
+
+    def format_help(self) -> str:
+        finish_parser(self)
+        return super().format_help()
+
+
+class CommandParser(FinishedOnUse, argparse.ArgumentParser):
     """``argparse`` whose usage errors raise :class:`BadInput` (one line, exit 2) instead of exiting.
 
     Prefixes of option names are not accepted, so a typo is never silently taken for another flag.
@@ -192,14 +205,6 @@ class CommandParser(argparse.ArgumentParser):
         kwargs["epilog"] = f"{kwargs['epilog']}\n\n{FLAG_STYLE_NOTE}" if kwargs.get("epilog") else FLAG_STYLE_NOTE
         super().__init__(*args, **kwargs)
         self.add_argument("--debug", action="store_true", help=DEBUG_HELP)
-
-    def parse_known_args(self, args=None, namespace=None):
-        finish_parser(self)
-        return super().parse_known_args(args, namespace)
-
-    def format_help(self) -> str:
-        finish_parser(self)
-        return super().format_help()
 
     def error(self, message: str) -> NoReturn:
         raise BadInput(f"{message} (see `{self.prog} --help`)")

@@ -18,10 +18,11 @@ from typing import NoReturn
 import yaml
 from trl import TrlParser
 
-from .commands import DEBUG_HELP, BadInput, HelpFormatter, finish_parser
+from .commands import DEBUG_HELP, BadInput, FinishedOnUse, HelpFormatter
 
 #: Packages whose dataclass fields are this project's own recipe keys (listed first in --help).
 OWN_PACKAGES = ("policies", "rewards", "rl", "pretrain_sft", "bench")
+OWN_GROUP = "recipe keys (simplear-rl)"
 CONFIG_HELP = "recipe YAML: its keys set the defaults, and any --key value on the command line overrides them"
 RESUME_HELP = ("`last` (the newest complete checkpoint-N in output_dir) or a checkpoint folder to continue from; "
                "unset: start a new run")
@@ -76,11 +77,11 @@ def group_title(klass: type) -> str:
     """``recipe keys (simplear-rl)`` for this project's own dataclasses, else ``inherited from <pkg>.<Class>``."""
     package = klass.__module__.split(".")[0]
     if package in OWN_PACKAGES:
-        return "recipe keys (simplear-rl)"
+        return OWN_GROUP
     return f"inherited from {package}.{klass.__name__}"
 
 
-class RecipeParser(TrlParser):
+class RecipeParser(FinishedOnUse, TrlParser):
     """``TrlParser`` whose mistakes are one-line :class:`BadInput` errors naming the fix.
 
     Prefixes of option names are not accepted (``--learning_rat`` is an unknown key, not
@@ -124,10 +125,9 @@ class RecipeParser(TrlParser):
                 groups[title] = self.add_argument_group(title)
             general._group_actions.remove(action)
             groups[title]._group_actions.append(action)
-        own = [g for t, g in groups.items() if t.startswith("recipe keys")]
+        own = [g for t, g in groups.items() if t == OWN_GROUP]
         rest = [g for g in self._action_groups if g not in own and g is not general and g not in groups.values()]
         self._action_groups = [*rest, general, *own, *(g for g in groups.values() if g not in own)]
-        finish_parser(self)
 
     def _drop(self, action: argparse.Action) -> None:
         self._remove_action(action)
@@ -148,12 +148,14 @@ class RecipeParser(TrlParser):
         """Parse ``--config`` and overrides like ``TrlParser``; unknown keys are refused by name."""
         args = list(sys.argv[1:] if args is None else args)
         known = self.known_keys()
+        path, recipe = None, {}
         if "--config" in args:
             index = args.index("--config")
             if index + 1 >= len(args):
                 raise BadInput("--config needs a recipe path")
             path = args[index + 1]
-            unknown = [k for k in read_yaml_mapping(path) if k not in known]
+            recipe = read_yaml_mapping(path)
+            unknown = [k for k in recipe if k not in known]
             if unknown:
                 raise BadInput(unknown_keys_message(unknown, known, f"recipe {path!r}"))
         *parsed, remaining = super().parse_args_and_config(args, return_remaining_strings=True)
@@ -161,8 +163,8 @@ class RecipeParser(TrlParser):
         if remaining:
             unknown = flags or remaining
             raise BadInput(unknown_keys_message(unknown, known, "the command line"))
-        if "--config" in args:
-            resolve_recipe_inputs(parsed, args[args.index("--config") + 1], args)
+        if path is not None:
+            resolve_recipe_inputs(parsed, path, recipe, args)
         return tuple(parsed)
 
 
@@ -176,11 +178,11 @@ def resolve_recipe_path(value: str, recipe: str | Path) -> str:
     return str(beside) if beside.exists() else value
 
 
-def resolve_recipe_inputs(parsed: list, recipe: str, argv: list[str]) -> None:
-    """Input paths set in the recipe (:data:`INPUT_PATH_KEYS`) resolve beside the recipe file when they are
-    not found from here, so a recipe runs from any folder. Values given on the command line stay as typed."""
+def resolve_recipe_inputs(parsed: list, recipe: str, mapping: dict, argv: list[str]) -> None:
+    """Input paths set in the recipe file ``recipe`` (its keys: ``mapping``; :data:`INPUT_PATH_KEYS`) resolve
+    beside it when they are not found from here, so a recipe runs from any folder. Values given on the command
+    line stay as typed."""
     typed = {arg[2:].split("=")[0].replace("-", "_") for arg in argv if arg.startswith("--")}
-    mapping = read_yaml_mapping(recipe)
     for key in INPUT_PATH_KEYS:
         value = mapping.get(key)
         if key in typed or not isinstance(value, str):

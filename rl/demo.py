@@ -113,6 +113,15 @@ class Pipeline:
         self.timings[name] = time.perf_counter() - start
         print(f"[demo] {name} done in {self.timings[name]:.0f} s", flush=True)
 
+    def stages_table(self) -> list[str]:
+        """The report's ``## Stages`` section: each stage's seconds and the command that runs it by hand."""
+        lines = ["## Stages", "", "| stage | seconds | command |", "| --- | ---: | --- |"]
+        for name, seconds in self.timings.items():
+            command = self.commands.get(name, "")
+            lines.append(f"| {name} | {seconds:.0f} | `{command}` |" if command else f"| {name} | {seconds:.0f} | |")
+        lines.append(f"| total | {sum(self.timings.values()):.0f} | |")
+        return lines
+
     def pretrain_and_sft(self, cache: Path, quick: dict[str, list[str]]) -> None:
         """Pretrain on ``cache``, then SFT from it, each from the config's recipe into ``out``; resumable."""
         from pretrain_sft.train import main_pretrain, main_sft
@@ -209,15 +218,8 @@ def write_report(p: Pipeline, results: dict[str, dict[str, dict]]) -> Path:
         "Run report (trained and held-out reward curves, alerts, filmstrip of held-out prompts at fixed seeds): "
         "[grpo/report.html](grpo/report.html), [grpo/report.md](grpo/report.md).",
         "",
-        "## Stages",
-        "",
-        "| stage | seconds | command |",
-        "| --- | ---: | --- |",
+        *p.stages_table(),
     ]
-    for name, seconds in p.timings.items():
-        command = p.commands.get(name, "")
-        lines.append(f"| {name} | {seconds:.0f} | `{command}` |" if command else f"| {name} | {seconds:.0f} | |")
-    lines.append(f"| total | {sum(p.timings.values()):.0f} | |")
     path = out / "report.md"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     write_json(out / "report.json", {"results": results, "gain_points": gains, "seconds": p.timings})
@@ -243,12 +245,16 @@ def run(config: DemoConfig) -> dict:
 
 TASKS_HELP = ("--task shapes (default): colour and shape prompts judged by verifiable rewards (recipes/demo/). "
               "--task numbers: written numbers judged by PP-OCR (recipes/demo_numbers/, docs/demo-numbers.md).")
-def demo_parser(config_type: type, command: str) -> RecipeParser:
-    """The recipe parser of a demo task; ``--task`` is listed in its help (it is read before parsing)."""
+def parse_demo_config(config_type: type, command: str, default_config: Path, argv: list[str]):
+    """A demo task's config from ``argv`` (``default_config`` unless ``--config`` is given); ``--task`` is
+    listed in the help (it is read before parsing)."""
     parser = RecipeParser(config_type, command=command, description=TASKS_HELP)
     parser.add_argument("--task", dest="simplear_task", choices=list(TASKS), default=argparse.SUPPRESS,
                         help="which demo to run (default: shapes)")
-    return parser
+    if "--config" not in argv:
+        argv = ["--config", str(default_config), *argv]
+    (config,) = parser.parse_args_and_config(argv)
+    return config
 
 
 #: ``--task``: the default shapes demo (this module) or another task's module with its own ``main(argv)``.
@@ -278,8 +284,5 @@ def main(argv: list[str]) -> int:
         import importlib
 
         return importlib.import_module(TASKS[task]).main(argv)
-    if "--config" not in argv:
-        argv = ["--config", str(DEFAULT_CONFIG), *argv]
-    (config,) = demo_parser(DemoConfig, "demo").parse_args_and_config(argv)
-    run(config)
+    run(parse_demo_config(DemoConfig, "demo", DEFAULT_CONFIG, argv))
     return 0

@@ -23,7 +23,7 @@ import torch
 from policies.records import write_json, write_jsonl
 from pretrain_sft.train import cpu_threads
 
-from .demo import STAGE_RECIPE_HELP, Pipeline, demo_parser, recipe_path
+from .demo import STAGE_RECIPE_HELP, Pipeline, parse_demo_config, recipe_path
 from .demo_folder import prepare_demo_out
 
 REPO = Path(__file__).resolve().parents[1]
@@ -264,15 +264,8 @@ def write_report(p: NumbersPipeline, results: dict[str, dict], ceiling: dict, st
         "",
         "Training curves: `grpo/reward_curve.png`, `grpo/metrics.jsonl`; every read: `eval/<sft|grpo>/reads.jsonl`.",
         "",
-        "## Stages",
-        "",
-        "| stage | seconds | command |",
-        "| --- | ---: | --- |",
+        *p.stages_table(),
     ]
-    for name, seconds in p.timings.items():
-        command = p.commands.get(name, "")
-        lines.append(f"| {name} | {seconds:.0f} | `{command}` |" if command else f"| {name} | {seconds:.0f} | |")
-    lines.append(f"| total | {sum(p.timings.values()):.0f} | |")
     path = out / "report.md"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     metric = lambda key: {"before": before[key], "after": after[key]}  # noqa: E731
@@ -320,8 +313,5 @@ def _run(config: NumbersDemoConfig, out: Path) -> dict:
 
 def main(argv: list[str]) -> int:
     """``simplear-rl demo --task numbers [--config recipes/demo_numbers/demo.yaml] [--out DIR] [--quick] [--fresh]``."""
-    if "--config" not in argv:
-        argv = ["--config", str(DEFAULT_CONFIG), *argv]
-    (config,) = demo_parser(NumbersDemoConfig, "demo --task numbers").parse_args_and_config(argv)
-    run(config)
+    run(parse_demo_config(NumbersDemoConfig, "demo --task numbers", DEFAULT_CONFIG, argv))
     return 0
